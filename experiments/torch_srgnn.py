@@ -1,0 +1,119 @@
+"""A PyTorch SR-GNN written from the reference equations (`../shared/reference/backbones.md` section 2), for the
+parity test and as the speed baseline of `experiments/benchmark.py`. Not part of the JAX library.
+
+It follows the official code's structure: every batch is built on the host by a per-sample Python loop that pads
+each prefix to the split's longest one, takes `np.unique` of the padded row (padding item 0 included) and fills a
+dense `n x 2n` normalised adjacency, then a dense GNN step, attention without softmax, the hybrid readout and scores
+over `E[1:]`; Adam with coupled L2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def reference_batch(seqs: Sequence[Sequence[int]], len_max: int) -> dict[str, torch.Tensor]:
+  """The official `Data.get_slice` construction for one batch of prefixes (right-padded to `len_max`)."""
+  inputs = np.asarray([list(s) + [0] * (len_max - len(s)) for s in seqs], np.int64)
+  mask = (inputs > 0).astype(np.int64)
+  max_n_node = max(len(np.unique(row)) for row in inputs)
+  items, adj, alias = [], [], []
+  for row in inputs:
+    node = np.unique(row)
+    items.append(node.tolist() + [0] * (max_n_node - len(node)))
+    u_a = np.zeros((max_n_node, max_n_node))
+    for i in range(len(row) - 1):
+      if row[i + 1] == 0:
+        break
+      u = np.where(node == row[i])[0][0]
+      v = np.where(node == row[i + 1])[0][0]
+      u_a[u][v] = 1
+    in_sum = u_a.sum(0)
+    in_sum[in_sum == 0] = 1
+    a_in = u_a / in_sum
+    out_sum = u_a.sum(1)
+    out_sum[out_sum == 0] = 1
+    a_out = (u_a.T / out_sum)
+    adj.append(np.concatenate([a_in, a_out]).T)
+    alias.append([np.where(node == i)[0][0] for i in row])
+  return {"alias": torch.tensor(np.asarray(alias)), "adj": torch.tensor(np.asarray(adj), dtype=torch.float32),
+          "items": torch.tensor(np.asarray(items)), "mask": torch.tensor(mask)}
+
+
+class TorchSRGNN(nn.Module):
+  """SR-GNN as in the official PyTorch code (parameter names kept)."""
+
+  def __init__(self, n_node: int, hidden: int = 100, step: int = 1):
+    super().__init__()
+    self.hidden, self.step = hidden, step
+    self.embedding = nn.Embedding(n_node, hidden)
+    self.w_ih = nn.Parameter(torch.empty(3 * hidden, 2 * hidden))
+    self.w_hh = nn.Parameter(torch.empty(3 * hidden, hidden))
+    self.b_ih = nn.Parameter(torch.empty(3 * hidden))
+    self.b_hh = nn.Parameter(torch.empty(3 * hidden))
+    self.b_iah = nn.Parameter(torch.empty(hidden))
+    self.b_oah = nn.Parameter(torch.empty(hidden))
+    self.linear_edge_in = nn.Linear(hidden, hidden)
+    self.linear_edge_out = nn.Linear(hidden, hidden)
+    self.linear_one = nn.Linear(hidden, hidden)
+    self.linear_two = nn.Linear(hidden, hidden)
+    self.linear_three = nn.Linear(hidden, 1, bias=False)
+    self.linear_transform = nn.Linear(2 * hidden, hidden)
+    stdv = 1.0 / math.sqrt(hidden)
+    for p in self.parameters():
+      p.data.uniform_(-stdv, stdv)
+
+  def gnn_cell(self, adj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    n = adj.shape[1]
+    a_in = torch.matmul(adj[:, :, :n], self.linear_edge_in(h)) + self.b_iah
+    a_out = torch.matmul(adj[:, :, n:2 * n], self.linear_edge_out(h)) + self.b_oah
+    a = torch.cat([a_in, a_out], 2)
+    gi = nn.functional.linear(a, self.w_ih, self.b_ih)
+    gh = nn.functional.linear(h, self.w_hh, self.b_hh)
+    i_r, i_i, i_n = gi.chunk(3, 2)
+    h_r, h_i, h_n = gh.chunk(3, 2)
+    resetgate = torch.sigmoid(i_r + h_r)
+    inputgate = torch.sigmoid(i_i + h_i)
+    newgate = torch.tanh(i_n + resetgate * h_n)
+    return newgate + inputgate * (h - newgate)
+
+  def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Scores [B, n_node - 1] of a `reference_batch`."""
+    h = self.embedding(batch["items"])
+    for _ in range(self.step):
+      h = self.gnn_cell(batch["adj"], h)
+    alias, mask = batch["alias"], batch["mask"]
+    seq_h = torch.stack([h[i][alias[i]] for i in range(len(alias))])
+    ht = seq_h[torch.arange(mask.shape[0]), torch.sum(mask, 1) - 1]
+    q1 = self.linear_one(ht).view(ht.shape[0], 1, ht.shape[1])
+    q2 = self.linear_two(seq_h)
+    alpha = self.linear_three(torch.sigmoid(q1 + q2))
+    a = torch.sum(alpha * seq_h * mask.view(mask.shape[0], -1, 1).float(), 1)
+    a = self.linear_transform(torch.cat([a, ht], 1))
+    return torch.matmul(a, self.embedding.weight[1:].transpose(1, 0))
+
+
+def load_flax_params(model: TorchSRGNN, params: Mapping[str, Any]) -> None:
+  """Copies the JAX `SRGNNRecommender` parameters into `model` (Dense kernels are [in, out], torch [out, in])."""
+  p = params["params"]
+  bb, gnn, head = p["backbone"], p["backbone"]["gnn"], p["head"]
+  t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32)
+  linear = {"linear_edge_in": gnn["linear_edge_in"], "linear_edge_out": gnn["linear_edge_out"],
+            "linear_one": bb["linear_one"], "linear_two": bb["linear_two"], "linear_three": bb["linear_three"],
+            "linear_transform": head["linear_transform"]}
+  with torch.no_grad():
+    model.embedding.weight.copy_(t(bb["embedding"]))
+    for name in ("w_ih", "w_hh"):
+      getattr(model, name).copy_(t(gnn[name]).T)
+    for name in ("b_ih", "b_hh", "b_iah", "b_oah"):
+      getattr(model, name).copy_(t(gnn[name]))
+    for name, q in linear.items():
+      layer = getattr(model, name)
+      layer.weight.copy_(t(q["kernel"]).T)
+      if "bias" in q:
+        layer.bias.copy_(t(q["bias"]))

@@ -1,0 +1,257 @@
+"""Session graphs (jraph) and fixed-budget batch packing; the only module that imports jraph.
+
+Every prefix sample becomes an SR-GNN session graph: its unique items are the nodes, consecutive clicks the directed
+edges (binary: a repeated transition counts once, as in the reference `u_A[u][v] = 1`), and each edge carries the
+reference's normalised weights `w_in = 1 / indeg(receiver)` and `w_out = 1 / outdeg(sender)`. The structure of every
+sample is computed once per split, vectorised (`SessionGraphs`). Batches are packed into fixed node / edge / position
+budgets instead of padding every session to the longest one, so every batch has the same shapes (one compile); a
+batch whose sessions would overflow a budget is cut short and the rest moves to the next batch.
+
+Batch layout (`SessionBatch`), with G = sessions_per_batch + 1 graph slots (the last slot is jraph's padding graph,
+which owns every padding node, edge and position):
+  graph.nodes['item']   [N] item id per node (0 for padding nodes)
+  graph.edges['w_in'/'w_out'] [E]; graph.senders / receivers [E] node indices
+  graph.n_node / n_edge [G]
+  pos_node / pos_graph  [P] node and graph of each click position (in click order); pos_mask [P]
+  last_node [G]         node of the session's last click; targets [G] (0 for empty slots); graph_mask [G]
+  sample_index [G]      row of the sample in its split (-1 for empty slots), so per-sample side data can be gathered
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, NamedTuple, Optional
+
+import jax
+import jraph
+import numpy as np
+
+from llm4sbr_jax.dataset import Split
+
+
+class SessionBatch(NamedTuple):
+  """A packed batch of session graphs; see the module docstring for the fields."""
+
+  graph: jraph.GraphsTuple
+  pos_node: Any  # [P] int32
+  pos_graph: Any  # [P] int32
+  pos_mask: Any  # [P] bool
+  last_node: Any  # [G] int32
+  targets: Any  # [G] int32
+  graph_mask: Any  # [G] bool
+  sample_index: Any  # [G] int32
+  intents: Any = None  # [G, K, d_text] float32 or None: per-sample side data (LLM intents)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """Static per-batch shapes: sessions, nodes, edges and click positions."""
+
+  sessions: int
+  nodes: int
+  edges: int
+  positions: int
+
+  @property
+  def graphs(self) -> int:
+    return self.sessions + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionGraphs:
+  """Graph structure of every sample of a split, as CSR arrays (built once, host side)."""
+
+  node_items: np.ndarray  # [sumN] int32 item id of each node (sorted unique items per sample)
+  node_offsets: np.ndarray  # [S + 1] int64
+  alias: np.ndarray  # [sumL] int32 local node index of each click position
+  pos_offsets: np.ndarray  # [S + 1] int64 (the split's offsets)
+  senders: np.ndarray  # [sumE] int32 local node index
+  receivers: np.ndarray  # [sumE] int32
+  w_in: np.ndarray  # [sumE] float32 1 / indeg(receiver)
+  w_out: np.ndarray  # [sumE] float32 1 / outdeg(sender)
+  edge_offsets: np.ndarray  # [S + 1] int64
+  targets: np.ndarray  # [S] int32
+
+  def __len__(self) -> int:
+    return int(self.targets.shape[0])
+
+  @property
+  def num_nodes(self) -> np.ndarray:
+    return np.diff(self.node_offsets)
+
+  @property
+  def num_edges(self) -> np.ndarray:
+    return np.diff(self.edge_offsets)
+
+  @property
+  def num_positions(self) -> np.ndarray:
+    return np.diff(self.pos_offsets)
+
+
+def _csr(counts: np.ndarray) -> np.ndarray:
+  offsets = np.zeros(len(counts) + 1, np.int64)
+  np.cumsum(counts, out=offsets[1:])
+  return offsets
+
+
+def build_session_graphs(split: Split) -> SessionGraphs:
+  """Computes nodes, alias, edges and normalised edge weights of every sample (vectorised)."""
+  items = np.asarray(split.items, np.int64)
+  offsets = np.asarray(split.offsets, np.int64)
+  num = len(split)
+  lengths = np.diff(offsets)
+  sample_of_pos = np.repeat(np.arange(num, dtype=np.int64), lengths)
+  # Nodes: unique (sample, item) pairs, sorted by sample then item id (= np.unique per sample).
+  width = int(items.max(initial=0)) + 1
+  keys = sample_of_pos * width + items
+  node_keys, alias_global = np.unique(keys, return_inverse=True)
+  node_sample = node_keys // width
+  node_offsets = _csr(np.bincount(node_sample, minlength=num))
+  alias = (alias_global - node_offsets[sample_of_pos]).astype(np.int64)
+  # Edges: consecutive positions inside a sample, deduplicated per sample.
+  not_last = np.ones(len(items), bool)
+  not_last[offsets[1:] - 1] = False
+  src_pos = np.nonzero(not_last)[0]
+  max_nodes = int(np.diff(node_offsets).max(initial=1))
+  edge_keys = (sample_of_pos[src_pos] * max_nodes + alias[src_pos]) * max_nodes + alias[src_pos + 1]
+  edge_keys = np.unique(edge_keys)
+  edge_sample = edge_keys // (max_nodes * max_nodes)
+  senders = (edge_keys // max_nodes) % max_nodes
+  receivers = edge_keys % max_nodes
+  edge_offsets = _csr(np.bincount(edge_sample, minlength=num))
+  # Degrees over the deduplicated edges, looked up through global node ids.
+  g_send = node_offsets[edge_sample] + senders
+  g_recv = node_offsets[edge_sample] + receivers
+  outdeg = np.bincount(g_send, minlength=len(node_keys))
+  indeg = np.bincount(g_recv, minlength=len(node_keys))
+  return SessionGraphs(
+      node_items=(node_keys % width).astype(np.int32), node_offsets=node_offsets, alias=alias.astype(np.int32),
+      pos_offsets=offsets, senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
+      w_in=(1.0 / indeg[g_recv]).astype(np.float32), w_out=(1.0 / outdeg[g_send]).astype(np.float32),
+      edge_offsets=edge_offsets, targets=np.asarray(split.targets, np.int32))
+
+
+def _round_up(x: float, multiple: int = 8) -> int:
+  return int(-(-int(np.ceil(x)) // multiple) * multiple)
+
+
+def compute_budget(graphs: list[SessionGraphs] | SessionGraphs, sessions: int, num_std: float = 4.0) -> Budget:
+  """Budgets that a batch of `sessions` random samples exceeds only rarely.
+
+  Each budget is `sessions * mean + num_std * std * sqrt(sessions)` of the per-sample size, at least the largest
+  single sample, plus one padding node/edge/position; all rounded up to a multiple of 8. Computed from every split
+  given (so train and evaluation batches share one shape).
+  """
+  graphs = [graphs] if isinstance(graphs, SessionGraphs) else graphs
+  sizes = {}
+  for name in ("num_nodes", "num_edges", "num_positions"):
+    v = np.concatenate([getattr(g, name) for g in graphs]).astype(np.float64)
+    budget = sessions * v.mean() + num_std * v.std() * np.sqrt(sessions)
+    sizes[name] = _round_up(max(budget, v.max()) + 1)
+  return Budget(sessions=sessions, nodes=sizes["num_nodes"], edges=sizes["num_edges"],
+                positions=sizes["num_positions"])
+
+
+def _gather_csr(offsets: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Flat positions of the CSR rows `index` (concatenated) and the row counts."""
+  counts = offsets[index + 1] - offsets[index]
+  starts = np.repeat(offsets[index] - _csr(counts)[:-1], counts)
+  return starts + np.arange(counts.sum(), dtype=np.int64), counts
+
+
+def take_fitting(graphs: SessionGraphs, order: np.ndarray, budget: Budget) -> int:
+  """How many of the samples `order` (from the front) fit one batch: at most budget.sessions, at least 1."""
+  head = order[:budget.sessions]
+  fits = ((np.cumsum(graphs.num_nodes[head]) <= budget.nodes - 1)
+          & (np.cumsum(graphs.num_edges[head]) <= budget.edges - 1)
+          & (np.cumsum(graphs.num_positions[head]) <= budget.positions - 1))
+  return max(1, int(np.argmin(fits)) if not fits.all() else len(head))
+
+
+def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
+         side: Optional[np.ndarray] = None) -> SessionBatch:
+  """Packs the samples `index` (which must fit, see `take_fitting`) into one fixed-shape batch (numpy).
+
+  Args:
+    graphs: the split's graph structures.
+    index: sample rows, at most budget.sessions of them.
+    budget: static shapes.
+    side: optional per-sample array [S, ...] (e.g. intents); gathered into `intents` [G, ...], zeros for empty slots.
+  """
+  index = np.asarray(index, np.int64)
+  b, g_pad = len(index), budget.graphs - 1
+  if b > budget.sessions:
+    raise ValueError(f"{b} samples exceed the batch budget of {budget.sessions} sessions")
+  node_pos, n_node = _gather_csr(graphs.node_offsets, index)
+  edge_pos, n_edge = _gather_csr(graphs.edge_offsets, index)
+  click_pos, n_pos = _gather_csr(graphs.pos_offsets, index)
+  tn, te, tp = len(node_pos), len(edge_pos), len(click_pos)
+  if tn >= budget.nodes or te >= budget.edges or tp >= budget.positions:
+    raise ValueError(f"samples need {tn} nodes / {te} edges / {tp} positions, over the budget {budget}")
+  node_base = _csr(n_node)[:-1]
+  pad_node = budget.nodes - 1  # belongs to the padding graph, like every node index >= tn
+
+  items = np.zeros(budget.nodes, np.int32)
+  items[:tn] = graphs.node_items[node_pos]
+  senders = np.full(budget.edges, pad_node, np.int32)
+  receivers = np.full(budget.edges, pad_node, np.int32)
+  edge_base = np.repeat(node_base, n_edge)
+  senders[:te] = graphs.senders[edge_pos] + edge_base
+  receivers[:te] = graphs.receivers[edge_pos] + edge_base
+  w_in = np.zeros(budget.edges, np.float32)
+  w_out = np.zeros(budget.edges, np.float32)
+  w_in[:te] = graphs.w_in[edge_pos]
+  w_out[:te] = graphs.w_out[edge_pos]
+
+  pos_node = np.full(budget.positions, pad_node, np.int32)
+  pos_graph = np.full(budget.positions, g_pad, np.int32)
+  pos_node[:tp] = graphs.alias[click_pos] + np.repeat(node_base, n_pos)
+  pos_graph[:tp] = np.repeat(np.arange(b, dtype=np.int32), n_pos)
+  pos_mask = np.zeros(budget.positions, bool)
+  pos_mask[:tp] = True
+
+  last_node = np.full(budget.graphs, pad_node, np.int32)
+  last_node[:b] = pos_node[_csr(n_pos)[1:] - 1]
+  targets = np.zeros(budget.graphs, np.int32)
+  targets[:b] = graphs.targets[index]
+  graph_mask = np.zeros(budget.graphs, bool)
+  graph_mask[:b] = True
+  sample_index = np.full(budget.graphs, -1, np.int32)
+  sample_index[:b] = index
+  n_node_all = np.zeros(budget.graphs, np.int32)
+  n_node_all[:b] = n_node
+  n_node_all[g_pad] = budget.nodes - tn
+  n_edge_all = np.zeros(budget.graphs, np.int32)
+  n_edge_all[:b] = n_edge
+  n_edge_all[g_pad] = budget.edges - te
+  intents = None
+  if side is not None:
+    intents = np.zeros((budget.graphs,) + side.shape[1:], np.float32)
+    intents[:b] = side[index]
+  graph = jraph.GraphsTuple(nodes={"item": items}, edges={"w_in": w_in, "w_out": w_out}, senders=senders,
+                            receivers=receivers, n_node=n_node_all, n_edge=n_edge_all, globals=None)
+  return SessionBatch(graph=graph, pos_node=pos_node, pos_graph=pos_graph, pos_mask=pos_mask, last_node=last_node,
+                      targets=targets, graph_mask=graph_mask, sample_index=sample_index, intents=intents)
+
+
+def stack(batches: list[SessionBatch]) -> SessionBatch:
+  """Stacks per-device batches along a new leading device axis."""
+  return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
+
+
+def iterate_batches(graphs: SessionGraphs, order: np.ndarray, budget: Budget, num_devices: int = 1,
+                    side: Optional[np.ndarray] = None) -> Iterator[tuple[SessionBatch, int]]:
+  """Yields (batch stacked over devices [D, ...], number of real sessions) covering `order` exactly once.
+
+  Each device batch takes up to budget.sessions samples that fit its budgets; the last step may hold empty batches.
+  """
+  order = np.asarray(order, np.int64)
+  start = 0
+  while start < len(order):
+    per_device, real = [], 0
+    for _ in range(num_devices):
+      take = take_fitting(graphs, order[start:], budget) if start < len(order) else 0
+      per_device.append(pack(graphs, order[start:start + take], budget, side))
+      start += take
+      real += take
+    yield stack(per_device), real

@@ -1,0 +1,29 @@
+"""PNG plots of learning curves and experiment tables (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+
+def plot_curves(history: list[dict], path: str, title: str = "", metrics: tuple[str, ...] = ("hr@20", "mrr@20")
+                ) -> None:
+  """Training loss and per-split metrics per epoch, one panel each."""
+  if not history:
+    return
+  epochs = [h["epoch"] for h in history]
+  fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.5 * (1 + len(metrics)), 3.6))
+  axes[0].plot(epochs, [h["train"]["loss"] for h in history], marker="o")
+  axes[0].set(title="train loss", xlabel="epoch")
+  for ax, metric in zip(axes[1:], metrics):
+    for split in ("valid", "test"):
+      if split in history[0]:
+        ax.plot(epochs, [h[split][metric] for h in history], marker="o", label=split)
+    ax.set(title=metric.upper() + " (%)", xlabel="epoch")
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

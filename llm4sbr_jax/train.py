@@ -1,0 +1,192 @@
+"""Training and evaluation loop: epochs, evaluation, early stopping, checkpoints, resume, logs and results.
+
+Outputs in the workdir: `metrics.jsonl` (one line per epoch), `results.json`, `curves.png`, orbax checkpoints under
+`checkpoints/` (one per epoch). Rerunning the same command resumes from the latest checkpoint; `metrics.jsonl` is
+rewritten from the checkpoint's history so a kill never duplicates or drops an epoch line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import logging
+from tqdm import tqdm
+
+from llm4sbr_jax import dataset as dataset_lib
+from llm4sbr_jax import graphs as graphs_lib
+from llm4sbr_jax import metrics as metrics_lib
+from llm4sbr_jax import parallel, plotting, tasks
+
+log = logging.getLogger(__name__)
+
+SELECTION_NOTE = "test metrics at the epoch with the best validation {metric}"
+PAPER_NOTE = ("paper protocol: each metric's best value over epochs on the TEST split, chosen separately "
+              "(as the official SR-GNN / LLM4SBR code reports); optimistic, not a model-selection result")
+
+
+def learning_rate(config: Any, epoch: int) -> float:
+  """lr x decay every `lr_decay_every` epochs, epochs 0..lr_decay_every-1 at the base rate (the paper's schedule)."""
+  return float(config.lr * config.lr_decay ** (epoch // config.lr_decay_every))
+
+
+def _metrics_fn(scores, batch):
+  return metrics_lib.metric_sums(scores, batch.targets, batch.graph_mask)
+
+
+class Experiment:
+  """Everything a run needs, built once from a config: data, graphs, budgets, task and compiled steps."""
+
+  def __init__(self, config: Any, side: Optional[dict[str, np.ndarray]] = None):
+    """Args: config: the run config. side: optional per-split per-sample arrays (intents) gathered into batches."""
+    self.config = config
+    self.dataset = dataset_lib.load_dataset(config.dataset_dir)
+    self.splits = {k: v for k, v in self.dataset.splits.items() if len(v)}
+    if config.get("max_train_samples", 0):
+      self.splits["train"] = self.splits["train"].subset(np.arange(min(config.max_train_samples,
+                                                                      len(self.splits["train"]))))
+    self.graphs = {k: graphs_lib.build_session_graphs(v) for k, v in self.splits.items()}
+    self.side = side or {}
+    devices = jax.local_devices()
+    if config.batch_size % len(devices):
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by the {len(devices)} local devices")
+    self.budget = graphs_lib.compute_budget(list(self.graphs.values()), config.batch_size // len(devices),
+                                            config.budget_std)
+    self.task = tasks.build_task(config, self.dataset.num_items)
+    self.tx = parallel.make_optimizer(config.weight_decay)
+    self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx, _metrics_fn, devices)
+
+  def batches(self, split: str, order: np.ndarray):
+    return graphs_lib.iterate_batches(self.graphs[split], order, self.budget, self.runner.num_devices,
+                                      self.side.get(split))
+
+  def init_state(self) -> parallel.TrainState:
+    first, _ = next(self.batches("train", np.arange(1)))
+    sample = jax.tree_util.tree_map(lambda x: x[0], first)
+    params = self.task.init(jax.random.PRNGKey(self.config.seed), sample)
+    return jax.device_get(parallel.init_state(params, self.tx))  # host copy: the device state gets donated
+
+  def evaluate(self, params: Any, split: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for batch, _ in self.batches(split, np.arange(len(self.splits[split]))):
+      for k, v in self.runner.eval_step(params, batch).items():
+        totals[k] = totals.get(k, 0.0) + v  # stays on device until finalize
+    return metrics_lib.finalize(jax.device_get(totals))
+
+  def train_epoch(self, state: parallel.TrainState, epoch: int, progress: bool = True):
+    """One pass over the shuffled training samples; returns (state, mean loss terms, timing).
+
+    Timing: `sessions_per_s` excludes the first step, whose time (`first_step_s`) includes any compilation.
+    """
+    n = len(self.splits["train"])
+    order = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+    lr = learning_rate(self.config, epoch)
+    sums, steps = {}, 0
+    bar = tqdm(total=n, unit="sess", desc=f"epoch {epoch}", disable=not progress, mininterval=2.0, leave=False)
+    start, first_seconds, first_real = time.perf_counter(), 0.0, 0
+    for batch, real in self.batches("train", order):
+      state, report = self.runner.train_step(state, batch, lr)
+      for k, v in report.items():
+        sums[k] = sums.get(k, 0.0) + v
+      if steps == 0:  # the first step may compile: timed apart from the throughput
+        jax.block_until_ready(report)
+        first_seconds, first_real = time.perf_counter() - start, real
+      steps += 1
+      bar.update(real)
+    sums = jax.device_get(sums)
+    seconds = time.perf_counter() - start - first_seconds
+    bar.close()
+    losses = {k: float(v) / max(steps, 1) for k, v in sums.items()}
+    return state, losses, {"sessions_per_s": (n - first_real) / max(seconds, 1e-9), "first_step_s": first_seconds}
+
+
+def _better(a: dict, b: Optional[dict], metric: str) -> bool:
+  return b is None or a[metric] > b[metric]
+
+
+def summarize(history: list[dict], select_metric: str) -> dict[str, Any]:
+  """results.json content from the per-epoch history."""
+  out: dict[str, Any] = {"epochs_run": len(history)}
+  if history and "valid" in history[0]:
+    best = max(history, key=lambda h: h["valid"][select_metric])
+    out["selected"] = {"note": SELECTION_NOTE.format(metric=select_metric), "epoch": best["epoch"],
+                       "valid": best["valid"], "test": best["test"]}
+  if history and "test" in history[0]:
+    keys = history[0]["test"].keys()
+    out["paper_protocol_best_test"] = {
+        "note": PAPER_NOTE,
+        "metrics": {k: max(h["test"][k] for h in history) for k in keys},
+        "epoch_of": {k: max(history, key=lambda h: h["test"][k])["epoch"] for k in keys}}
+  return out
+
+
+def train_and_evaluate(config: Any, workdir: str, side: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the results dict."""
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.perf_counter()
+  exp = Experiment(config, side)
+  select_split = "valid" if "valid" in exp.splits else "test"
+  log.info("dataset %s: %s; budget per device batch %s; devices %d (%s)", exp.dataset.name,
+               {k: len(v) for k, v in exp.splits.items()}, exp.budget, exp.runner.num_devices, config.parallel)
+  host_state = exp.init_state()
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                  options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  meta = {"history": [], "bad_epochs": 0, "fingerprint": exp.dataset.fingerprint}
+  if manager.latest_step() is not None:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.tree_util.tree_map(np.asarray, host_state)),
+        meta=ocp.args.JsonRestore()))
+    host_state, meta = restored["state"], restored["meta"]
+    if meta["fingerprint"] != exp.dataset.fingerprint:
+      raise ValueError(f"{workdir}: its checkpoints were made from dataset {meta['fingerprint'][:12]}, but "
+                       f"{config.dataset_dir} is {exp.dataset.fingerprint[:12]}; use a new --workdir")
+    log.info("resumed from %s after epoch %d", manager.directory, manager.latest_step())
+  history = meta["history"]
+  _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
+  state = exp.runner.replicate(host_state)
+  setup_seconds = time.perf_counter() - t0
+  best = max((h[select_split] for h in history), key=lambda m: m[config.select_metric], default=None)
+  epoch = len(history)
+  while epoch < config.num_epochs and meta["bad_epochs"] < config.patience:
+    state, losses, timing = exp.train_epoch(state, epoch, config.get("progress", True))
+    t = time.perf_counter()
+    record = {"epoch": epoch, "lr": learning_rate(config, epoch), "train": losses, **timing}
+    for split in ("valid", "test"):
+      if split in exp.splits:
+        record[split] = exp.evaluate(state.params, split)
+    record["eval_seconds"] = time.perf_counter() - t
+    history.append(record)
+    improved = _better(record[select_split], best, config.select_metric)
+    best = record[select_split] if improved else best
+    meta["bad_epochs"] = 0 if improved else meta["bad_epochs"] + 1
+    manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(exp.runner.unreplicate(state)),
+                                                meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+    _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
+    log.info("epoch %d: loss %.4f, %.0f sess/s, %s %s", epoch, losses["loss"], timing["sessions_per_s"], select_split,
+                 {k: round(v, 2) for k, v in record[select_split].items() if k.endswith("@20")})
+    epoch += 1
+  manager.close()
+  results = summarize(history, config.select_metric)
+  results.update({"dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": config.model,
+                  "selection_split": select_split, "stopped_early": meta["bad_epochs"] >= config.patience,
+                  "setup_seconds": setup_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  plotting.plot_curves(history, os.path.join(workdir, "curves.png"), title=f"{config.model} on {exp.dataset.name}")
+  return results
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  os.replace(tmp, path)

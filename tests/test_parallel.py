@@ -1,0 +1,70 @@
+"""Data parallelism on 4 fake CPU devices: shard_map and pmap steps equal the single-device step; one trace."""
+
+import jax
+import numpy as np
+import pytest
+
+from llm4sbr_jax import graphs, metrics, parallel, synthetic
+from llm4sbr_jax.models.llm4sbr import cross_entropy
+from llm4sbr_jax.models.srgnn import SRGNNRecommender
+
+NUM_ITEMS, HIDDEN = 80, 32
+
+
+def _terms(model):
+  def terms(params, batch, train):
+    scores = model.apply(params, batch, train=train)
+    return scores, {"ce": cross_entropy(scores, batch.targets, batch.graph_mask)}
+  return terms
+
+
+def _metrics(scores, batch):
+  return metrics.metric_sums(scores, batch.targets, batch.graph_mask)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  assert jax.local_device_count() == 4, "conftest sets 4 fake CPU devices"
+  ds = synthetic.make_dataset(NUM_ITEMS, 600, 5.0, 20, seed=0)
+  sg = graphs.build_session_graphs(ds.splits["train"])
+  model = SRGNNRecommender(num_items=NUM_ITEMS, hidden=HIDDEN)
+  budget1 = graphs.compute_budget(sg, 40)
+  first, _ = next(graphs.iterate_batches(sg, np.arange(40), budget1))
+  params = jax.device_get(model.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(lambda x: x[0], first)))
+  return sg, model, params
+
+
+def _run(setup, mode, devices, steps=1):
+  sg, model, params = setup
+  tx = parallel.make_optimizer(1e-5)
+  runner = parallel.Runner(mode, _terms(model), {"ce": (1.0, False)}, tx, _metrics, devices)
+  budget = graphs.compute_budget(sg, 40 // len(devices), num_std=6.0)
+  state = runner.replicate(parallel.init_state(params, tx))
+  reports, evals = [], []
+  for i, (batch, real) in enumerate(graphs.iterate_batches(sg, np.arange(40 * steps), budget, len(devices))):
+    assert real == 40  # the budget is loose enough that every device batch is full
+    evals.append(jax.device_get(runner.eval_step(state.params, batch)))
+    state, report = runner.train_step(state, batch, 1e-3)
+    reports.append(float(report["loss"]))
+  return runner.unreplicate(state.params), reports, evals
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_four_device_step_equals_single_device_step(setup, mode):
+  single, loss1, eval1 = _run(setup, "shard_map", jax.local_devices()[:1])
+  multi, loss4, eval4 = _run(setup, mode, jax.local_devices())
+  np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+  for k in eval1[0]:
+    np.testing.assert_allclose(eval4[0][k], eval1[0][k], rtol=1e-5, atol=1e-5)
+  diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), single, multi)
+  assert max(jax.tree_util.tree_leaves(diffs)) < 1e-5
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), single, setup[2])
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-4  # the step really updated the parameters
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_step_is_traced_once_across_batches(setup, mode):
+  parallel.TRACE_COUNTS.clear()
+  _, losses, _ = _run(setup, mode, jax.local_devices(), steps=4)
+  assert len(losses) == 4
+  assert parallel.TRACE_COUNTS["train"] == 1 and parallel.TRACE_COUNTS["eval"] == 1

@@ -1,0 +1,94 @@
+"""Training loop: outputs, schedule, resume after a kill (no duplicated or dropped epochs), dataset mismatch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from llm4sbr_jax import dataset, synthetic, train
+from experiments.configs import default
+
+
+def _config(dataset_dir, **overrides):
+  c = default.get_config()
+  c.dataset_dir = str(dataset_dir)
+  c.hidden, c.batch_size, c.num_epochs, c.progress = 16, 20, 3, False
+  c.update(overrides)
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("data") / "synthetic"
+  dataset.save_dataset(synthetic.make_dataset(60, 400, 4.0, 15, seed=0), str(d))
+  return d
+
+
+def _epochs(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_learning_rate_schedule_decays_every_three_epochs():
+  c = default.get_config()
+  assert [train.learning_rate(c, e) for e in (0, 2, 3, 5, 6)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
+
+
+def test_run_writes_metrics_results_and_plot(data_dir, tmp_path):
+  results = train.train_and_evaluate(_config(data_dir), str(tmp_path))
+  rows = _epochs(tmp_path)
+  assert [r["epoch"] for r in rows] == [0, 1, 2]
+  assert rows[0]["train"]["loss"] > rows[-1]["train"]["loss"]  # it learns
+  assert results["selection_split"] == "valid" and 0 <= results["selected"]["epoch"] <= 2
+  paper = results["paper_protocol_best_test"]
+  assert paper["metrics"]["hr@20"] == max(r["test"]["hr@20"] for r in rows)
+  assert set(results["selected"]["test"]) >= {"hr@5", "mrr@10", "ndcg@20"}
+  assert (tmp_path / "curves.png").stat().st_size > 1000
+  assert json.loads((tmp_path / "results.json").read_text())["epochs_run"] == 3
+
+
+def test_rerun_resumes_and_extends(data_dir, tmp_path):
+  first = train.train_and_evaluate(_config(data_dir, num_epochs=2), str(tmp_path))
+  assert first["epochs_run"] == 2
+  second = train.train_and_evaluate(_config(data_dir, num_epochs=3), str(tmp_path))
+  rows = _epochs(tmp_path)
+  assert [r["epoch"] for r in rows] == [0, 1, 2] and second["epochs_run"] == 3
+  straight = train.train_and_evaluate(_config(data_dir, num_epochs=3), str(tmp_path / "straight"))
+  # Resuming reproduces the uninterrupted run exactly (same order per epoch, restored optimiser state).
+  assert second["paper_protocol_best_test"]["metrics"] == pytest.approx(
+      straight["paper_protocol_best_test"]["metrics"], abs=1e-4)
+
+
+def test_kill_minus_nine_then_rerun_finishes_with_every_epoch_once(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "--config",
+         str(REPO / "experiments" / "configs" / "default.py"), f"--config.dataset_dir={data_dir}",
+         f"--workdir={workdir}", "--config.hidden=16", "--config.batch_size=20", "--config.num_epochs=6",
+         "--config.progress=False"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if (workdir / "metrics.jsonl").exists() and len(_epochs(workdir)) >= 2:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  done_before = len(_epochs(workdir))
+  assert 2 <= done_before < 6
+  subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+  assert [r["epoch"] for r in _epochs(workdir)] == list(range(6))
+  assert json.loads((workdir / "results.json").read_text())["epochs_run"] == 6
+
+
+def test_resume_refuses_another_dataset(data_dir, tmp_path):
+  train.train_and_evaluate(_config(data_dir, num_epochs=1), str(tmp_path))
+  other = tmp_path / "other"
+  dataset.save_dataset(synthetic.make_dataset(60, 400, 4.0, 15, seed=1), str(other))
+  with pytest.raises(ValueError, match="use a new --workdir"):
+    train.train_and_evaluate(_config(other, num_epochs=2), str(tmp_path))
