@@ -1,0 +1,49 @@
+"""Export of a processed dataset in the SR-GNN reference format (`train.txt`, `valid.txt`, `test.txt`).
+
+Each file is `pickle.dump((seqs, labels))`: `seqs` a list of prefixes (lists of 1-based item ids, click order) and
+`labels` the list of next items, exactly the format that the official PyTorch code of SR-GNN, TAGNN, GCE-GNN and
+S2-DHCN reads from `datasets/<name>/train.txt` and `test.txt`.
+
+This is the one place the project writes pickle, and it never reads pickle: the export exists so that users can run
+the official PyTorch implementations on the identical split (same samples, same item ids) and compare them with the
+JAX models. Everything else in the project uses `.npy` and JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+
+from llm4sbr_jax.dataset import SPLITS, ProcessedDataset, Split
+
+
+def srgnn_lists(split: Split) -> tuple[list[list[int]], list[int]]:
+  """A split as SR-GNN's `(seqs, labels)`: plain Python lists of ints."""
+  items = np.asarray(split.items, np.int64)
+  offsets = np.asarray(split.offsets, np.int64)
+  seqs = [p.tolist() for p in np.split(items, offsets[1:-1])] if len(split) else []
+  return seqs, np.asarray(split.targets, np.int64).tolist()
+
+
+def export_srgnn(ds: ProcessedDataset, out_dir: str) -> list[str]:
+  """Writes `train.txt`, `test.txt` and, when the validation split is not empty, `valid.txt` into `out_dir`.
+
+  Files are written to a temporary name and renamed. Returns the written paths. The embedding table size the
+  official code needs (`n_node`) is `ds.num_items + 1`.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  for name in SPLITS:
+    split = ds.splits.get(name, Split.empty())
+    path = os.path.join(out_dir, f"{name}.txt")
+    if name == "valid" and not len(split):
+      if os.path.exists(path):  # A stale file from an earlier export with a validation split.
+        os.remove(path)
+      continue
+    with open(path + ".tmp", "wb") as f:
+      pickle.dump(srgnn_lists(split), f, protocol=4)  # Readable by every Python 3 the official code runs on.
+    os.replace(path + ".tmp", path)
+    written.append(path)
+  return written
