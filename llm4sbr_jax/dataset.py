@@ -32,6 +32,30 @@ PAD_NAME = "<pad>"
 _FIELDS = {"items": np.int32, "offsets": np.int64, "targets": np.int32, "sessions": np.int64, "times": np.int64}
 
 
+def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
+  """CSR offsets [K + 1] (int64) from row lengths [K]."""
+  offsets = np.zeros(len(counts) + 1, np.int64)
+  np.cumsum(np.asarray(counts, np.int64), out=offsets[1:])
+  return offsets
+
+
+def ragged_take(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Positions of the slices `flat[starts[k]:starts[k] + lengths[k]]`, concatenated, and their CSR offsets.
+
+  Args:
+    starts: int [K] slice starts in a flat array.
+    lengths: int [K] slice lengths.
+
+  Returns:
+    (positions into the flat array, int64 [sum(lengths)]; offsets, int64 [K + 1]).
+  """
+  lengths = np.asarray(lengths, np.int64)
+  offsets = offsets_from_counts(lengths)
+  gather = np.arange(offsets[-1], dtype=np.int64)
+  gather += np.repeat(np.asarray(starts, np.int64) - offsets[:-1], lengths)  # in place: prefixes can total ~1e8
+  return gather, offsets
+
+
 class DatasetError(ValueError):
   """A processed dataset directory is missing, malformed or inconsistent."""
 
@@ -61,12 +85,7 @@ class Split:
   def subset(self, index: np.ndarray) -> "Split":
     """A new split holding the samples `index` (in that order)."""
     index = np.asarray(index, dtype=np.int64)
-    lengths = self.lengths[index]
-    offsets = np.zeros(len(index) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    # Positions of every kept item in the old flat array.
-    starts = np.repeat(self.offsets[:-1][index] - offsets[:-1], lengths)
-    gather = starts + np.arange(offsets[-1], dtype=np.int64)
+    gather, offsets = ragged_take(self.offsets[:-1][index], self.lengths[index])
     return Split(items=np.asarray(self.items)[gather].astype(np.int32), offsets=offsets,
                  targets=np.asarray(self.targets)[index], sessions=np.asarray(self.sessions)[index],
                  times=np.asarray(self.times)[index])
@@ -74,9 +93,7 @@ class Split:
   @classmethod
   def from_prefixes(cls, prefixes: list[np.ndarray] | list[list[int]], targets, sessions, times) -> "Split":
     """Builds a split from a list of prefixes (a convenience for small data and tests)."""
-    lengths = np.asarray([len(p) for p in prefixes], np.int64)
-    offsets = np.zeros(len(prefixes) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = offsets_from_counts(np.asarray([len(p) for p in prefixes], np.int64))
     items = np.concatenate([np.asarray(p, np.int32) for p in prefixes]) if prefixes else np.zeros(0, np.int32)
     return cls(items=items.astype(np.int32), offsets=offsets, targets=np.asarray(targets, np.int32),
                sessions=np.asarray(sessions, np.int64), times=np.asarray(times, np.int64))

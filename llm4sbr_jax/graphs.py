@@ -26,7 +26,7 @@ import jax
 import jraph
 import numpy as np
 
-from llm4sbr_jax.dataset import Split
+from llm4sbr_jax.dataset import Split, offsets_from_counts, ragged_take
 
 
 class SessionBatch(NamedTuple):
@@ -88,12 +88,6 @@ class SessionGraphs:
     return np.diff(self.pos_offsets)
 
 
-def _csr(counts: np.ndarray) -> np.ndarray:
-  offsets = np.zeros(len(counts) + 1, np.int64)
-  np.cumsum(counts, out=offsets[1:])
-  return offsets
-
-
 def build_session_graphs(split: Split) -> SessionGraphs:
   """Computes nodes, alias, edges and normalised edge weights of every sample (vectorised)."""
   items = np.asarray(split.items, np.int64)
@@ -106,7 +100,7 @@ def build_session_graphs(split: Split) -> SessionGraphs:
   keys = sample_of_pos * width + items
   node_keys, alias_global = np.unique(keys, return_inverse=True)
   node_sample = node_keys // width
-  node_offsets = _csr(np.bincount(node_sample, minlength=num))
+  node_offsets = offsets_from_counts(np.bincount(node_sample, minlength=num))
   alias = (alias_global - node_offsets[sample_of_pos]).astype(np.int64)
   # Edges: consecutive positions inside a sample, deduplicated per sample.
   not_last = np.ones(len(items), bool)
@@ -118,7 +112,7 @@ def build_session_graphs(split: Split) -> SessionGraphs:
   edge_sample = edge_keys // (max_nodes * max_nodes)
   senders = (edge_keys // max_nodes) % max_nodes
   receivers = edge_keys % max_nodes
-  edge_offsets = _csr(np.bincount(edge_sample, minlength=num))
+  edge_offsets = offsets_from_counts(np.bincount(edge_sample, minlength=num))
   # Degrees over the deduplicated edges, looked up through global node ids.
   g_send = node_offsets[edge_sample] + senders
   g_recv = node_offsets[edge_sample] + receivers
@@ -152,13 +146,6 @@ def compute_budget(graphs: list[SessionGraphs] | SessionGraphs, sessions: int, n
                 positions=sizes["num_positions"])
 
 
-def _gather_csr(offsets: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Flat positions of the CSR rows `index` (concatenated) and the row counts."""
-  counts = offsets[index + 1] - offsets[index]
-  starts = np.repeat(offsets[index] - _csr(counts)[:-1], counts)
-  return starts + np.arange(counts.sum(), dtype=np.int64), counts
-
-
 def take_fitting(graphs: SessionGraphs, order: np.ndarray, budget: Budget) -> int:
   """How many of the samples `order` (from the front) fit one batch: at most budget.sessions, at least 1."""
   head = order[:budget.sessions]
@@ -182,13 +169,14 @@ def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
   b, g_pad = len(index), budget.graphs - 1
   if b > budget.sessions:
     raise ValueError(f"{b} samples exceed the batch budget of {budget.sessions} sessions")
-  node_pos, n_node = _gather_csr(graphs.node_offsets, index)
-  edge_pos, n_edge = _gather_csr(graphs.edge_offsets, index)
-  click_pos, n_pos = _gather_csr(graphs.pos_offsets, index)
+  n_node, n_edge, n_pos = graphs.num_nodes[index], graphs.num_edges[index], graphs.num_positions[index]
+  node_pos, _ = ragged_take(graphs.node_offsets[index], n_node)
+  edge_pos, _ = ragged_take(graphs.edge_offsets[index], n_edge)
+  click_pos, _ = ragged_take(graphs.pos_offsets[index], n_pos)
   tn, te, tp = len(node_pos), len(edge_pos), len(click_pos)
   if tn >= budget.nodes or te >= budget.edges or tp >= budget.positions:
     raise ValueError(f"samples need {tn} nodes / {te} edges / {tp} positions, over the budget {budget}")
-  node_base = _csr(n_node)[:-1]
+  node_base = offsets_from_counts(n_node)[:-1]
   pad_node = budget.nodes - 1  # belongs to the padding graph, like every node index >= tn
 
   items = np.zeros(budget.nodes, np.int32)
@@ -211,7 +199,7 @@ def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
   pos_mask[:tp] = True
 
   last_node = np.full(budget.graphs, pad_node, np.int32)
-  last_node[:b] = pos_node[_csr(n_pos)[1:] - 1]
+  last_node[:b] = pos_node[offsets_from_counts(n_pos)[1:] - 1]
   targets = np.zeros(budget.graphs, np.int32)
   targets[:b] = graphs.targets[index]
   graph_mask = np.zeros(budget.graphs, bool)

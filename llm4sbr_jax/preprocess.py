@@ -27,27 +27,9 @@ from typing import Any
 import numpy as np
 
 from llm4sbr_jax import raw as raw_lib
-from llm4sbr_jax.dataset import PAD_NAME, ProcessedDataset, Split
+from llm4sbr_jax.dataset import PAD_NAME, ProcessedDataset, Split, offsets_from_counts, ragged_take
 
 PROTOCOLS = ("paper", "temporal")
-
-
-def ragged_take(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Positions of the slices `flat[starts[k]:starts[k] + lengths[k]]`, concatenated, and their CSR offsets.
-
-  Args:
-    starts: int [K] slice starts in a flat array.
-    lengths: int [K] slice lengths.
-
-  Returns:
-    (positions into the flat array, int64 [sum(lengths)]; offsets, int64 [K + 1]).
-  """
-  lengths = np.asarray(lengths, np.int64)
-  offsets = np.zeros(len(lengths) + 1, np.int64)
-  np.cumsum(lengths, out=offsets[1:])
-  gather = np.arange(offsets[-1], dtype=np.int64)
-  gather += np.repeat(np.asarray(starts, np.int64) - offsets[:-1], lengths)  # in place: prefixes can total ~1e8
-  return gather, offsets
 
 
 def sessionize(keys: np.ndarray, times: np.ndarray, order: np.ndarray,
@@ -135,8 +117,7 @@ def _restrict(split: Split, known: np.ndarray) -> tuple[Split, int]:
   kept = known[split.items]
   sample = np.repeat(np.arange(len(split)), split.lengths)
   lengths = np.bincount(sample[kept], minlength=len(split))
-  offsets = np.zeros(len(split) + 1, np.int64)
-  np.cumsum(lengths, out=offsets[1:])
+  offsets = offsets_from_counts(lengths)
   restricted = Split(items=split.items[kept], offsets=offsets, targets=split.targets, sessions=split.sessions,
                      times=split.times)
   return restricted.subset(np.flatnonzero((lengths > 0) & known[split.targets])), int((~kept).sum())
@@ -173,8 +154,7 @@ def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", tes
   if not len(lengths):
     raise ValueError(f"{name}: no session of length >= 2 is left after filtering items seen < {min_item_count} "
                      f"times ({len(data)} interactions)")
-  offsets = np.zeros(len(lengths) + 1, np.int64)
-  np.cumsum(lengths, out=offsets[1:])
+  offsets = offsets_from_counts(lengths)
   session = np.repeat(np.arange(len(lengths)), lengths)
   position = np.arange(len(items)) - offsets[session]
 
