@@ -173,10 +173,11 @@ def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", tes
   splits = {"train": samples.subset(train), "valid": samples.subset(valid), "test": samples.subset(test)}
   dropped = {}
   if protocol == "temporal":
-    # Test is checked against train + valid (so it does not depend on valid_size), valid against train.
-    for split, seen in (("test", train_valid), ("valid", train)):
+    # Test and validation keep only items the model trains on (the final train split), as the reference does.
+    seen = _occurring(len(raw_ids), splits["train"])
+    for split in ("test", "valid"):
       before = len(splits[split])
-      splits[split], removed = _restrict(splits[split], _occurring(len(raw_ids), samples.subset(seen)))
+      splits[split], removed = _restrict(splits[split], seen)
       dropped[f"{split}_samples_dropped"] = before - len(splits[split])
       dropped[f"{split}_prefix_items_removed"] = removed
 
