@@ -54,7 +54,8 @@ def _objective_and_report(terms, spec):
     c_all = jax.lax.psum(jax.lax.stop_gradient(c), AXIS)
     if is_log:
       objective += weight * s / jnp.maximum(s_all, 1e-30)
-      report[name] = jnp.log(jnp.maximum(s_all, 1e-30) / jnp.maximum(c_all, 1.0))
+      # log of the mean over pairs; 0 when there is no pair (fewer than two real rows), as in `uniformity_log`
+      report[name] = jnp.where(c_all > 0, jnp.log(jnp.maximum(s_all, 1e-30) / jnp.maximum(c_all, 1.0)), 0.0)
     else:
       objective += weight * s / jnp.maximum(c_all, 1.0)
       report[name] = s_all / jnp.maximum(c_all, 1.0)

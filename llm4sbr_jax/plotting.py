@@ -27,3 +27,23 @@ def plot_curves(history: list[dict], path: str, title: str = "", metrics: tuple[
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def plot_bars(rows: list[tuple[str, dict]], metrics: tuple[str, ...], path: str, title: str = "") -> None:
+  """Grouped bars: one group per metric, one bar per labelled row (the paper's Figure 4/5 style)."""
+  if not rows:
+    return
+  fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6))
+  for ax, metric in zip(axes if len(metrics) > 1 else [axes], metrics):
+    labels = [label for label, _ in rows]
+    values = [m[metric] for _, m in rows]
+    bars = ax.bar(range(len(rows)), values, color=[f"C{i}" for i in range(len(rows))])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, rotation=15)
+    ax.set(title=metric.upper() + " (%)")
+    low, high = min(values), max(values)
+    ax.set_ylim(max(0.0, low - (high - low) * 1.5 - 0.5), high + (high - low) * 0.5 + 0.5)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

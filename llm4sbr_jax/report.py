@@ -8,10 +8,10 @@ COLUMNS = ("hr@5", "hr@10", "hr@20", "mrr@5", "mrr@10", "mrr@20", "ndcg@5", "ndc
 
 
 def markdown_table(rows: Sequence[tuple[str, Mapping[str, float]]], columns: Sequence[str] = COLUMNS) -> str:
-  """A markdown table: one row per (label, metrics), metrics in percent with 2 decimals."""
+  """A markdown table: one row per (label, metrics), metrics in percent with 2 decimals (blank when absent)."""
   head = "| | " + " | ".join(c.upper() for c in columns) + " |"
   sep = "|---|" + "---:|" * len(columns)
-  body = ["| " + label + " | " + " | ".join(f"{m[c]:.2f}" for c in columns) + " |" for label, m in rows]
+  body = ["| " + label + " | " + " | ".join(f"{m[c]:.2f}" if c in m else "" for c in columns) + " |" for label, m in rows]
   return "\n".join([head, sep] + body)
 
 

@@ -1,42 +1,91 @@
-"""Model + loss terms for a config: what the generic training loop optimises.
+"""Model + loss terms (+ per-sample side data) for a config: what the generic training loop optimises.
 
 A task exposes `init(rng, batch) -> params` and `terms(params, batch, train) -> (scores [G, n], {name: (sum, count)})`
-with a `spec` {name: (weight, is_log_mean)} telling the parallel step how to combine the terms over devices.
+with a `spec` {name: (weight, is_log_mean)} telling the parallel step how to combine the terms over devices, and
+`side`: per-split arrays [N, ...] gathered into every batch's `intents` (LLM4SBR's intent embeddings).
+
+Models:
+  * `srgnn`: the bare SR-GNN (CE loss).
+  * `llm4sbr`: LLM4SBR around SR-GNN: `CE + tau * sum_p [align_p + (unif(h_p) + unif(s_p)) / 2]` (eq. 12), intents
+    from `config.intents.source`: `llm` (stage-1 answers localized with top-`f`) or `item_text` (the LLM-free
+    baseline from the item-name embeddings; perspectives `long-term` = mean of the prefix items, `short-term` = last).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
-import flax.linen as nn
 import jax
+import numpy as np
 
-from llm4sbr_jax.models.llm4sbr import cross_entropy
-from llm4sbr_jax.models.srgnn import SRGNNRecommender
+from llm4sbr_jax import intents as intents_lib
+from llm4sbr_jax.dataset import ProcessedDataset
+from llm4sbr_jax.models import llm4sbr as llm4sbr_lib
+from llm4sbr_jax.models.srgnn import SRGNN, SRGNNRecommender
+
+ITEM_TEXT_PERSPECTIVES = ("long-term", "short-term")
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  model: nn.Module
+  init: Callable[[jax.Array, Any], Any]
+  terms: Callable[[Any, Any, bool], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
   spec: Mapping[str, tuple[float, bool]]
-  terms_fn: Callable[[Any, Any, bool], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
-
-  def init(self, rng: jax.Array, batch: Any) -> Any:
-    return self.model.init(rng, batch, train=False)
-
-  def terms(self, params: Any, batch: Any, train: bool):
-    return self.terms_fn(params, batch, train)
+  side: Optional[Mapping[str, np.ndarray]] = None
 
 
-def build_task(config: Any, num_items: int) -> Task:
+def intent_arrays(config: Any, dataset: ProcessedDataset) -> dict[str, np.ndarray]:
+  """Per-split intent embeddings [N, P, d_text] (float32) for `config.perspectives`."""
+  perspectives = tuple(config.perspectives)
+  source = config.intents.source
+  splits = {k: v for k, v in dataset.splits.items() if len(v)}
+  if source == "item_text":
+    unknown = set(perspectives) - set(ITEM_TEXT_PERSPECTIVES)
+    if unknown:
+      raise ValueError(f"config.perspectives: item_text intents offer {ITEM_TEXT_PERSPECTIVES}, not {sorted(unknown)}")
+    cols = [ITEM_TEXT_PERSPECTIVES.index(p) for p in perspectives]
+    items = intents_lib.load_item_embeddings(config.intents.stage1_dir, dataset)
+    return {k: intents_lib.item_text_intents(items, s)[:, cols] for k, s in splits.items()}
+  if source == "llm":
+    return {k: intents_lib.localized_intents(config.intents.stage1_dir, dataset, k, perspectives, config.intents.f)
+            for k in splits}
+  raise ValueError(f"config.intents.source: expected 'llm' or 'item_text', got {source!r}")
+
+
+def build_task(config: Any, dataset: ProcessedDataset) -> Task:
   """The task named by `config.model`."""
+  num_items = dataset.num_items
   if config.model == "srgnn":
     model = SRGNNRecommender(num_items=num_items, hidden=config.hidden, steps=config.gnn_steps)
 
     def terms(params, batch, train):
       scores = model.apply(params, batch, train=train)  # [G, n]
-      return scores, {"ce": cross_entropy(scores, batch.targets, batch.graph_mask)}
+      return scores, {"ce": llm4sbr_lib.cross_entropy(scores, batch.targets, batch.graph_mask)}
 
-    return Task(model=model, spec={"ce": (1.0, False)}, terms_fn=terms)
-  raise ValueError(f"config.model: unknown model {config.model!r}; expected 'srgnn'")
+    return Task(init=lambda rng, batch: model.init(rng, batch, train=False), terms=terms, spec={"ce": (1.0, False)})
+
+  if config.model == "llm4sbr":
+    perspectives, pairing = tuple(config.perspectives), tuple(config.pairing)
+    model = llm4sbr_lib.LLM4SBR(backbone=SRGNN(num_items, config.hidden, config.gnn_steps, name="backbone"),
+                                hidden=config.hidden, perspectives=perspectives, pairing=pairing,
+                                fusion=config.fusion)
+    paired = [p for p, q in zip(perspectives, pairing) if q != "none"]
+    spec = {"ce": (1.0, False)}
+    for p in paired:
+      spec.update({f"align/{p}": (config.tau, False), f"uniform_intent/{p}": (config.tau / 2, True),
+                   f"uniform_session/{p}": (config.tau / 2, True)})
+
+    def terms(params, batch, train):
+      out = model.apply(params, batch, batch.intents, train=train)
+      t = llm4sbr_lib.loss_terms(out, batch.targets, batch.graph_mask)
+      named = {"ce": (t.ce_sum, t.count)}
+      for q, p in enumerate(paired):
+        named.update({f"align/{p}": (t.align_sum[q], t.count), f"uniform_intent/{p}": (t.unif_intent_sum[q], t.n_pairs),
+                      f"uniform_session/{p}": (t.unif_session_sum[q], t.n_pairs)})
+      return out.scores, named
+
+    side = intent_arrays(config, dataset) if perspectives else None
+    return Task(init=lambda rng, batch: model.init(rng, batch, batch.intents, train=False), terms=terms, spec=spec,
+                side=side)
+  raise ValueError(f"config.model: unknown model {config.model!r}; expected 'srgnn' or 'llm4sbr'")

@@ -43,22 +43,23 @@ def _metrics_fn(scores, batch):
 class Experiment:
   """Everything a run needs, built once from a config: data, graphs, budgets, task and compiled steps."""
 
-  def __init__(self, config: Any, side: Optional[dict[str, np.ndarray]] = None):
-    """Args: config: the run config. side: optional per-split per-sample arrays (intents) gathered into batches."""
+  def __init__(self, config: Any):
     self.config = config
     self.dataset = dataset_lib.load_dataset(config.dataset_dir)
+    self.task = tasks.build_task(config, self.dataset)
     self.splits = {k: v for k, v in self.dataset.splits.items() if len(v)}
+    self.side = dict(self.task.side or {})
     if config.get("max_train_samples", 0):
-      self.splits["train"] = self.splits["train"].subset(np.arange(min(config.max_train_samples,
-                                                                      len(self.splits["train"]))))
+      keep = min(config.max_train_samples, len(self.splits["train"]))
+      self.splits["train"] = self.splits["train"].subset(np.arange(keep))
+      if "train" in self.side:
+        self.side["train"] = self.side["train"][:keep]
     self.graphs = {k: graphs_lib.build_session_graphs(v) for k, v in self.splits.items()}
-    self.side = side or {}
     devices = jax.local_devices()
     if config.batch_size % len(devices):
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the {len(devices)} local devices")
     self.budget = graphs_lib.compute_budget(list(self.graphs.values()), config.batch_size // len(devices),
                                             config.budget_std)
-    self.task = tasks.build_task(config, self.dataset.num_items)
     self.tx = parallel.make_optimizer(config.weight_decay)
     self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx, _metrics_fn, devices)
 
@@ -126,11 +127,11 @@ def summarize(history: list[dict], select_metric: str) -> dict[str, Any]:
   return out
 
 
-def train_and_evaluate(config: Any, workdir: str, side: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the results dict."""
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
-  exp = Experiment(config, side)
+  exp = Experiment(config)
   select_split = "valid" if "valid" in exp.splits else "test"
   log.info("dataset %s: %s; budget per device batch %s; devices %d (%s)", exp.dataset.name,
                {k: len(v) for k, v in exp.splits.items()}, exp.budget, exp.runner.num_devices, config.parallel)

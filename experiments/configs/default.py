@@ -1,4 +1,4 @@
-"""SR-GNN with the paper's settings (section 4.1.3) on a processed dataset.
+"""SR-GNN with the paper's settings (section 4.1.3) on a processed dataset; LLM4SBR with `--config.model=llm4sbr`.
 
 Command:
   python experiments/train.py --config experiments/configs/default.py \
@@ -28,4 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.budget_std = 4.0  # batch budgets: mean + budget_std * std per batch
   c.max_train_samples = 0  # 0 = all; >0 keeps the first N train samples (quick runs)
   c.progress = True
+  # LLM4SBR (model = "llm4sbr"); ignored by the bare SR-GNN.
+  c.perspectives = ("long-term", "short-term")
+  c.pairing = ("global", "local")  # official pairing: long-term <-> global, short-term <-> local
+  c.fusion = "concat"  # paper eq. 9; "gate" = the official code
+  c.tau = 0.1
+  c.intents = ml_collections.ConfigDict()
+  c.intents.source = "llm"  # "llm" (stage-1 answers) or "item_text" (item-name embeddings, no LLM)
+  c.intents.stage1_dir = ""  # third_party_infer output directory
+  c.intents.f = 5  # localization top-f (0 = raw answer embedding)
   return c

@@ -1,0 +1,105 @@
+"""Table 3 memory and LLM4SBR overhead: SR-GNN vs LLM4SBR(SR-GNN) training steps side by side, one run.
+
+  python experiments/overhead.py --config experiments/configs/llm4sbr.py \
+    --config.dataset_dir data/processed/beauty_paper_valid --config.intents.stage1_dir runs/stage1_beauty_items \
+    --config.intents.source item_text --out runs/overhead_beauty
+
+Each model runs in its own child process (same data, batch and hidden size): compile time, training step time over
+`--steps` batches, peak memory (the accelerator's peak bytes in use when there is one, else peak host RSS), and the
+bytes of the intent arrays LLM4SBR holds. Reports the step-time ratio (target <= 1.1x) and the memory difference
+next to the intent bytes. Writes overhead.md and overhead.json.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "An LLM4SBR config (its model field is overridden).")
+_STEPS = flags.DEFINE_integer("steps", 200, "Timed training steps per model.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Alternating child runs per model (the best step time is kept).")
+_OUT = flags.DEFINE_string("out", "runs/overhead", "Output directory.")
+_CHILD = flags.DEFINE_string("child", "", "Internal: measure this model and print JSON.")
+flags.mark_flags_as_required(["config"])
+
+
+def measure(config):
+  """Trains `_STEPS` batches of `config` and returns timings and peak memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from llm4sbr_jax import train  # pylint: disable=g-import-not-at-top
+  t = time.perf_counter()
+  exp = train.Experiment(config)
+  setup = time.perf_counter() - t
+  state = exp.runner.replicate(exp.init_state())
+  order = np.random.default_rng(0).permutation(len(exp.splits["train"]))
+  batches = exp.batches("train", order)
+  first, _ = next(batches)
+  t = time.perf_counter()
+  state, report = exp.runner.train_step(state, first, 1e-3)
+  jax.block_until_ready(report)
+  compile_s = time.perf_counter() - t
+  t, n = time.perf_counter(), 0
+  for _ in range(_STEPS.value):
+    batch, real = next(batches)
+    state, report = exp.runner.train_step(state, batch, 1e-3)
+    n += real
+  jax.block_until_ready(report)
+  seconds = time.perf_counter() - t
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  return {"model": config.model, "setup_s": setup, "compile_s": compile_s, "step_ms": 1000 * seconds / _STEPS.value,
+          "sessions_per_s": n / seconds, "intent_bytes": int(sum(a.nbytes for a in exp.side.values())),
+          "peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "peak_device_mb": stats["peak_bytes_in_use"] / 2**20 if stats else None, "device": device.device_kind}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if _CHILD.value:
+    with config.unlocked():
+      config.model = _CHILD.value
+    print("RESULT " + json.dumps(measure(config)))
+    return
+  overrides = [a for a in sys.argv[1:] if a.startswith("--config")]
+  runs = {"srgnn": [], "llm4sbr": []}
+  for _ in range(_REPEATS.value):
+    for model in runs:
+      cmd = [sys.executable, __file__, *overrides, f"--child={model}", f"--steps={_STEPS.value}"]
+      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+      if proc.returncode or not line:
+        raise RuntimeError(f"{model} failed:\n{proc.stderr[-3000:]}")
+      runs[model].append(json.loads(line[0][7:]))
+  best = {m: min(r, key=lambda x: x["step_ms"]) for m, r in runs.items()}
+  base, llm = best["srgnn"], best["llm4sbr"]
+  mem = "peak_device_mb" if base["peak_device_mb"] is not None else "peak_host_rss_mb"
+  summary = {"step_ratio": llm["step_ms"] / base["step_ms"], "memory_kind": mem,
+             "extra_memory_mb": llm[mem] - base[mem], "intent_mb": llm["intent_bytes"] / 2**20,
+             "runs": runs, "best": best}
+  lines = ["| model | step (ms) | sessions/s | compile (s) | " + mem + " | intent arrays (MB) |",
+           "|---|---:|---:|---:|---:|---:|"]
+  for m, r in best.items():
+    lines.append(f"| {m} | {r['step_ms']:.2f} | {r['sessions_per_s']:.0f} | {r['compile_s']:.2f} | "
+                 f"{r[mem]:.0f} | {r['intent_bytes'] / 2**20:.1f} |")
+  lines.append(f"\nLLM4SBR / SR-GNN step time: **{summary['step_ratio']:.3f}x**; extra memory "
+               f"{summary['extra_memory_mb']:.0f} MB vs intent arrays {summary['intent_mb']:.0f} MB "
+               f"(batch {config.batch_size}, hidden {config.hidden}, best of {_REPEATS.value} runs each).")
+  text = "\n".join(lines)
+  print(text)
+  os.makedirs(_OUT.value, exist_ok=True)
+  Path(_OUT.value, "overhead.md").write_text(text + "\n")
+  Path(_OUT.value, "overhead.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
