@@ -206,3 +206,20 @@ def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", tes
       name=name, item_names=[PAD_NAME] + [raw_lib.item_name(data.names, r) for r in item_raw_ids],
       raw_item_ids=[""] + item_raw_ids, splits=splits, protocol=protocol_record,
       source={**(source or {}), "files": data.files}, extra_stats=extra_stats)
+
+
+def subset_sessions(ds: ProcessedDataset, num_sessions: int, seed: int = 0) -> ProcessedDataset:
+  """The samples of `num_sessions` sessions drawn at random (seeded), every split and item id kept as in `ds`.
+
+  Used where a costly per-sample stage (LLM inference) can only cover part of a dataset: both models then train and
+  test on exactly this subset. `protocol` records the parent fingerprint and the chosen session ids.
+  """
+  all_sessions = np.unique(np.concatenate([np.asarray(s.sessions) for s in ds.splits.values()]))
+  if not 0 < num_sessions <= len(all_sessions):
+    raise ValueError(f"num_sessions must lie in 1..{len(all_sessions)}, got {num_sessions}")
+  chosen = np.sort(np.random.default_rng(seed).choice(all_sessions, size=num_sessions, replace=False))
+  splits = {k: s.subset(np.flatnonzero(np.isin(np.asarray(s.sessions), chosen))) for k, s in ds.splits.items()}
+  protocol = {**ds.protocol, "subset_of": ds.fingerprint, "subset_seed": seed, "subset_sessions": chosen.tolist()}
+  return ProcessedDataset(name=f"{ds.name}-subset{num_sessions}", item_names=ds.item_names,
+                          raw_item_ids=ds.raw_item_ids, splits=splits, protocol=protocol, source=ds.source,
+                          extra_stats={"parent_samples": {k: len(s) for k, s in ds.splits.items()}})

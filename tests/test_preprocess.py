@@ -130,6 +130,24 @@ def test_temporal_split_orders_train_valid_test_by_time():
   assert ds.protocol["seed"] is None and ds.protocol["session_gap_minutes"] == 3000
 
 
+def test_subset_sessions_keeps_whole_sessions_with_parent_ids():
+  full = preprocess.preprocess(_random_log(), "r", protocol="paper", test_size=0.2, valid_size=0.2, seed=0,
+                               min_item_count=2)
+  sub = preprocess.subset_sessions(full, 10, seed=1)
+  chosen = set(sub.protocol["subset_sessions"])
+  assert len(chosen) == 10 and sub.protocol["subset_of"] == full.fingerprint
+  assert sub.item_names == full.item_names
+  for k in dataset.SPLITS:
+    parent, child = full.splits[k], sub.splits[k]
+    expected = [i for i in range(len(parent)) if int(parent.sessions[i]) in chosen]
+    assert len(child) == len(expected)
+    for j, i in enumerate(expected):
+      np.testing.assert_array_equal(child.prefix(j), parent.prefix(i))
+      assert child.targets[j] == parent.targets[i]
+  with pytest.raises(ValueError, match="num_sessions"):
+    preprocess.subset_sessions(full, 10**6)
+
+
 def test_round_trip_through_save_and_load(tmp_path):
   ds = preprocess.preprocess(_random_log(), "r", protocol="paper", test_size=0.2, valid_size=0.1, min_item_count=2,
                              source={"dataset": "synthetic"})
