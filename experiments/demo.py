@@ -18,8 +18,7 @@ from ml_collections import config_flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from experiments import explain  # pylint: disable=g-import-not-at-top
-from llm4sbr_jax import intents, studies, toyshop  # pylint: disable=g-import-not-at-top
+from llm4sbr_jax import explain, intents, studies, toyshop  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", str(REPO / "experiments" / "configs" / "demo.py"), "Demo config.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Output directory.")

@@ -86,7 +86,7 @@ def write_outputs(study: str, results: dict[str, Any], workdir: str) -> str:
     if study in ("table2", "demo"):  # improvement of every variant over the first (the bare backbone)
       base = rows[0][1]
       for label, m in rows[1:]:
-        gain = [f"{100.0 * (m[c] - base[c]) / max(base[c], 1e-9):+.2f}" for c in PAPER_COLUMNS]
+        gain = [f"{100.0 * (m[c] - base[c]) / base[c]:+.2f}" if base[c] > 0 else "n/a" for c in PAPER_COLUMNS]
         md += f"\n| improvement % ({label}) | " + " | ".join(gain) + " |"
     sections.append(f"**{title}** (HR@K is the paper's P@K; percent)\n\n{md}")
     csv_rows += [{"protocol": key, "variant": label, **{c: m[c] for c in PAPER_COLUMNS}} for label, m in rows]

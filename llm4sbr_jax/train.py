@@ -48,6 +48,9 @@ class Experiment:
     self.dataset = dataset_lib.load_dataset(config.dataset_dir)
     self.task = tasks.build_task(config, self.dataset)
     self.splits = {k: v for k, v in self.dataset.splits.items() if len(v)}
+    if "train" not in self.splits or not {"valid", "test"} & set(self.splits):
+      raise ValueError(f"{config.dataset_dir}: needs train samples and valid or test samples to evaluate on; "
+                       f"has {({k: len(v) for k, v in self.dataset.splits.items()})}")
     self.side = dict(self.task.side or {})
     if config.get("max_train_samples", 0):
       keep = min(config.max_train_samples, len(self.splits["train"]))

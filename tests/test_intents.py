@@ -185,14 +185,3 @@ def test_item_text_intents(tmp_path):
   for i in range(len(split)):
     np.testing.assert_allclose(x[i, 0], emb[split.prefix(i)].mean(0), rtol=1e-5)
     np.testing.assert_array_equal(x[i, 1], emb[split.prefix(i)[-1]])
-
-
-def test_explain(setup):
-  import sys
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
-  import explain
-  ds, out = setup
-  text = explain.explain(ds, intents.open_stage1(out, ds), "test", 2, 3)
-  assert "[long-term] LLM answer: 'x'" in text and text.count("top-") == 6
-  assert ds.item_names[ds.splits["test"].prefix(2)[0]] in text
-  assert "exact catalog name: 0 (0.0%)" in explain.summary(ds, intents.open_stage1(out, ds), "test")
