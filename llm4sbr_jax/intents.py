@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm4sbr_jax import dataset as dataset_lib
+from llm4sbr_jax.raw import file_digest
 
 FORMAT_VERSION = 1
 _MAX_SIM_ELEMENTS = 1 << 24  # similarity entries per localization chunk (64 MiB of float32)
@@ -37,19 +38,11 @@ class IntentsError(ValueError):
   """Stage-1 outputs do not match the processed dataset or the request."""
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def _load(directory: str, entry_file: str, digest: str | None) -> np.ndarray:
   path = os.path.join(directory, entry_file)
   if not os.path.isfile(path):
     raise IntentsError(f"{path}: listed in manifest.json but missing")
-  if digest is not None and _sha256(path) != digest:
+  if digest is not None and file_digest(path, "sha256") != digest:
     raise IntentsError(f"{path}: checksum mismatch with manifest.json (file modified or truncated); "
                        "rerun stage 1 for this shard")
   try:

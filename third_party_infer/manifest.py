@@ -14,13 +14,14 @@ Layout of an output directory::
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 from typing import Any
 
 import numpy as np
+
+from llm4sbr_jax.raw import file_digest
 
 FORMAT_VERSION = 1
 ITEM_EMBEDDINGS = "item_embeddings.npy"
@@ -31,11 +32,7 @@ class Stage1Error(RuntimeError):
 
 
 def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+  return file_digest(path, "sha256")
 
 
 def write_json(path: str, obj: Any) -> None:
