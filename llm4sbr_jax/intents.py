@@ -295,20 +295,29 @@ def localized_intents(stage1_dir: str, dataset: dataset_lib.ProcessedDataset, sp
   return out
 
 
-def item_text_intents(item_embeddings: np.ndarray, split: dataset_lib.Split, chunk: int = 8192) -> np.ndarray:
-  """The LLM-free "item text" baseline: float32 [N, 2, d].
+ITEM_TEXT_PERSPECTIVES = ("long-term", "short-term")
 
-  Perspective 0 (long-term) is the mean of the prefix items' name embeddings; perspective 1 (short-term) is the
-  last prefix item's name embedding.
+
+def item_text_intents(item_embeddings: np.ndarray, split: dataset_lib.Split,
+                      perspectives: Sequence[str] = ITEM_TEXT_PERSPECTIVES, chunk: int = 8192) -> np.ndarray:
+  """The LLM-free "item text" baseline: float32 [N, P, d], P = len(perspectives).
+
+  `long-term` is the mean of the prefix items' name embeddings; `short-term` is the last prefix item's name
+  embedding. Only the requested perspectives are computed (no temporary of the full array).
   """
+  unknown = set(perspectives) - set(ITEM_TEXT_PERSPECTIVES)
+  if unknown:
+    raise IntentsError(f"item-text intents offer the perspectives {ITEM_TEXT_PERSPECTIVES}, not {sorted(unknown)}")
   emb = np.asarray(item_embeddings, np.float32)
   n = len(split)
-  out = np.zeros((n, 2, emb.shape[1]), np.float32)
+  out = np.zeros((n, len(perspectives), emb.shape[1]), np.float32)
   offsets, items = np.asarray(split.offsets), np.asarray(split.items)
-  for a in range(0, n, chunk):
-    b = min(a + chunk, n)
-    sums = np.add.reduceat(emb[items[offsets[a]:offsets[b]]], offsets[a:b] - offsets[a], axis=0)
-    out[a:b, 0] = sums / np.diff(offsets[a:b + 1])[:, None]
-  if n:
-    out[:, 1] = emb[items[offsets[1:] - 1]]
+  for k, p in enumerate(perspectives):
+    if p == "short-term" and n:
+      out[:, k] = emb[items[offsets[1:] - 1]]
+      continue
+    for a in range(0, n, chunk):
+      b = min(a + chunk, n)
+      sums = np.add.reduceat(emb[items[offsets[a]:offsets[b]]], offsets[a:b] - offsets[a], axis=0)
+      out[a:b, k] = sums / np.diff(offsets[a:b + 1])[:, None]
   return out

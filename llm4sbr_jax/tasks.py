@@ -24,9 +24,6 @@ from llm4sbr_jax.dataset import ProcessedDataset
 from llm4sbr_jax.models import llm4sbr as llm4sbr_lib
 from llm4sbr_jax.models.srgnn import SRGNN, SRGNNRecommender
 
-ITEM_TEXT_PERSPECTIVES = ("long-term", "short-term")
-
-
 @dataclasses.dataclass(frozen=True)
 class Task:
   init: Callable[[jax.Array, Any], Any]
@@ -41,12 +38,8 @@ def intent_arrays(config: Any, dataset: ProcessedDataset) -> dict[str, np.ndarra
   source = config.intents.source
   splits = {k: v for k, v in dataset.splits.items() if len(v)}
   if source == "item_text":
-    unknown = set(perspectives) - set(ITEM_TEXT_PERSPECTIVES)
-    if unknown:
-      raise ValueError(f"config.perspectives: item_text intents offer {ITEM_TEXT_PERSPECTIVES}, not {sorted(unknown)}")
-    cols = [ITEM_TEXT_PERSPECTIVES.index(p) for p in perspectives]
     items = intents_lib.load_item_embeddings(config.intents.stage1_dir, dataset)
-    return {k: intents_lib.item_text_intents(items, s)[:, cols] for k, s in splits.items()}
+    return {k: intents_lib.item_text_intents(items, s, perspectives) for k, s in splits.items()}
   if source == "llm":
     return {k: intents_lib.localized_intents(config.intents.stage1_dir, dataset, k, perspectives, config.intents.f)
             for k in splits}
