@@ -70,11 +70,10 @@ def main(argv):
       config.model = _CHILD.value
     print("RESULT " + json.dumps(measure(config)))
     return
-  overrides = [a for a in sys.argv[1:] if a.startswith("--config")]
   runs = {"srgnn": [], "llm4sbr": []}
   for _ in range(_REPEATS.value):
     for model in runs:
-      cmd = [sys.executable, __file__, *overrides, f"--child={model}", f"--steps={_STEPS.value}"]
+      cmd = [sys.executable, __file__, *sys.argv[1:], f"--child={model}"]
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
       line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
       if proc.returncode or not line:

@@ -18,9 +18,13 @@ from torch import nn
 
 
 def reference_batch(seqs: Sequence[Sequence[int]], len_max: int) -> dict[str, torch.Tensor]:
-  """The official `Data.get_slice` construction for one batch of prefixes (right-padded to `len_max`)."""
-  inputs = np.asarray([list(s) + [0] * (len_max - len(s)) for s in seqs], np.int64)
-  mask = (inputs > 0).astype(np.int64)
+  """The official `Data.get_slice` construction for one batch of prefixes (right-padded to `len_max`).
+
+  Like the official loader it works on Python lists (every sequence padded to the split's longest at load time) and
+  converts them with `torch.Tensor(list)`; those list-to-tensor copies are a large part of its cost.
+  """
+  inputs = [list(s) + [0] * (len_max - len(s)) for s in seqs]
+  mask = [[1] * len(s) + [0] * (len_max - len(s)) for s in seqs]
   max_n_node = max(len(np.unique(row)) for row in inputs)
   items, adj, alias = [], [], []
   for row in inputs:
@@ -33,16 +37,16 @@ def reference_batch(seqs: Sequence[Sequence[int]], len_max: int) -> dict[str, to
       u = np.where(node == row[i])[0][0]
       v = np.where(node == row[i + 1])[0][0]
       u_a[u][v] = 1
-    in_sum = u_a.sum(0)
-    in_sum[in_sum == 0] = 1
-    a_in = u_a / in_sum
-    out_sum = u_a.sum(1)
-    out_sum[out_sum == 0] = 1
-    a_out = (u_a.T / out_sum)
-    adj.append(np.concatenate([a_in, a_out]).T)
+    in_sum = np.sum(u_a, 0)
+    in_sum[np.where(in_sum == 0)] = 1
+    a_in = np.divide(u_a, in_sum)
+    out_sum = np.sum(u_a, 1)
+    out_sum[np.where(out_sum == 0)] = 1
+    a_out = np.divide(u_a.transpose(), out_sum)
+    adj.append(np.concatenate([a_in, a_out]).transpose())
     alias.append([np.where(node == i)[0][0] for i in row])
-  return {"alias": torch.tensor(np.asarray(alias)), "adj": torch.tensor(np.asarray(adj), dtype=torch.float32),
-          "items": torch.tensor(np.asarray(items)), "mask": torch.tensor(mask)}
+  return {"alias": torch.Tensor(alias).long(), "adj": torch.Tensor(adj).float(), "items": torch.Tensor(items).long(),
+          "mask": torch.Tensor(mask).long()}
 
 
 class TorchSRGNN(nn.Module):

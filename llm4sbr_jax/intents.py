@@ -299,7 +299,7 @@ ITEM_TEXT_PERSPECTIVES = ("long-term", "short-term")
 
 
 def item_text_intents(item_embeddings: np.ndarray, split: dataset_lib.Split,
-                      perspectives: Sequence[str] = ITEM_TEXT_PERSPECTIVES, chunk: int = 8192) -> np.ndarray:
+                      perspectives: Sequence[str] = ITEM_TEXT_PERSPECTIVES, chunk: int = 1024) -> np.ndarray:
   """The LLM-free "item text" baseline: float32 [N, P, d], P = len(perspectives).
 
   `long-term` is the mean of the prefix items' name embeddings; `short-term` is the last prefix item's name
@@ -312,12 +312,12 @@ def item_text_intents(item_embeddings: np.ndarray, split: dataset_lib.Split,
   n = len(split)
   out = np.zeros((n, len(perspectives), emb.shape[1]), np.float32)
   offsets, items = np.asarray(split.offsets), np.asarray(split.items)
-  for k, p in enumerate(perspectives):
-    if p == "short-term" and n:
-      out[:, k] = emb[items[offsets[1:] - 1]]
-      continue
-    for a in range(0, n, chunk):
-      b = min(a + chunk, n)
-      sums = np.add.reduceat(emb[items[offsets[a]:offsets[b]]], offsets[a:b] - offsets[a], axis=0)
-      out[a:b, k] = sums / np.diff(offsets[a:b + 1])[:, None]
+  for a in range(0, n, chunk):  # chunks bound the temporaries
+    b = min(a + chunk, n)
+    for k, p in enumerate(perspectives):
+      if p == "short-term":
+        out[a:b, k] = emb[items[offsets[a + 1:b + 1] - 1]]
+      else:
+        sums = np.add.reduceat(emb[items[offsets[a]:offsets[b]]], offsets[a:b] - offsets[a], axis=0)
+        out[a:b, k] = sums / np.diff(offsets[a:b + 1])[:, None]
   return out
