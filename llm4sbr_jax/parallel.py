@@ -23,6 +23,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+MAX_IN_FLIGHT = 2  # dispatched but unfinished steps per Runner
 # Number of times each step function was traced (a test asserts one compile per run).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
@@ -96,6 +97,7 @@ class Runner:
     self.devices = list(devices if devices is not None else jax.local_devices())
     self.num_devices = len(self.devices)
     self.mode = mode
+    self._in_flight: collections.deque = collections.deque()
     train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx)
     evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn)
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
@@ -132,14 +134,22 @@ class Runner:
     """A batch with a leading device axis [D, ...] -> one shard per device."""
     return jax.device_put(batch, self._sharded)
 
+  def _bounded(self, out: Any) -> Any:
+    """Keeps at most MAX_IN_FLIGHT dispatched steps: the host packs batches far faster than the device consumes
+    them, and an unbounded queue would hold a whole epoch of batches in memory."""
+    self._in_flight.append(out)
+    if len(self._in_flight) > MAX_IN_FLIGHT:
+      jax.block_until_ready(self._in_flight.popleft())
+    return out
+
   def train_step(self, state: TrainState, batch: Any, lr: float) -> tuple[TrainState, dict[str, jax.Array]]:
     state, report = self._train(state, self.put_batch(batch), jnp.float32(lr))
     if self.mode == "pmap":
       report = jax.tree_util.tree_map(lambda x: x[0], report)
-    return state, report
+    return state, self._bounded(report)
 
   def eval_step(self, params: Any, batch: Any) -> dict[str, jax.Array]:
     sums = self._eval(params, self.put_batch(batch))
     if self.mode == "pmap":
       sums = jax.tree_util.tree_map(lambda x: x[0], sums)
-    return sums
+    return self._bounded(sums)
