@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from experiments.configs import default
-from llm4sbr_jax import graphs, intents, parallel, tasks, train
+from llm4sbr_jax import intents, parallel, tasks, train
 from llm4sbr_jax.models import llm4sbr as L
 from stage1_fixtures import fake_stage1, tiny_dataset
 

@@ -1,7 +1,6 @@
 """The generated toy-shop dataset: determinism, names, latent structure, processed directory."""
 
 import collections
-import itertools
 
 import numpy as np
 import pytest
