@@ -73,7 +73,7 @@ class Experiment:
   def init_state(self) -> parallel.TrainState:
     first, _ = next(self.batches("train", np.arange(1)))
     sample = jax.tree_util.tree_map(lambda x: x[0], first)
-    params = self.task.init(jax.random.PRNGKey(self.config.seed), sample)
+    params = jax.jit(self.task.init)(jax.random.PRNGKey(self.config.seed), sample)
     return jax.device_get(parallel.init_state(params, self.tx))  # host copy: the device state gets donated
 
   def evaluate(self, params: Any, split: str) -> dict[str, float]:
