@@ -19,7 +19,7 @@ def test_table2_and_ablation_share_the_llm4sbr_run(tmp_path):
 
   def run(config, workdir):
     calls.append(workdir)
-    return _fake_results(10.0 if config.model == "srgnn" else 12.0 - len(config.perspectives) * 0.0)
+    return _fake_results(10.0 if config.model == "srgnn" else 12.0)
 
   studies.run_study("table2", table2.get_config(), str(tmp_path), run)
   text = (tmp_path / "table2.md").read_text()
