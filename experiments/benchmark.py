@@ -47,29 +47,24 @@ def _peak_rss_mb():
 def measure_jax(shape):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from llm4sbr_jax import graphs, metrics, parallel  # pylint: disable=g-import-not-at-top
-  from llm4sbr_jax.models.llm4sbr import cross_entropy  # pylint: disable=g-import-not-at-top
-  from llm4sbr_jax.models.srgnn import SRGNNRecommender  # pylint: disable=g-import-not-at-top
-  ds, num_items = _data(shape)
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from llm4sbr_jax import graphs, metrics, parallel, tasks  # pylint: disable=g-import-not-at-top
+  ds, _ = _data(shape)
   train, test = ds.splits["train"], ds.splits["test"]
   t = time.perf_counter()
   g_train, g_test = graphs.build_session_graphs(train), graphs.build_session_graphs(test)
   graph_seconds = time.perf_counter() - t
   devices = jax.local_devices()
   budget = graphs.compute_budget([g_train, g_test], BATCH // len(devices))
-  model = SRGNNRecommender(num_items=num_items, hidden=HIDDEN)
-
-  def terms(params, batch, is_train):
-    scores = model.apply(params, batch, train=is_train)
-    return scores, {"ce": cross_entropy(scores, batch.targets, batch.graph_mask)}
-
-  tx = parallel.make_optimizer(1e-5)
-  runner = parallel.Runner("shard_map", terms, {"ce": (1.0, False)}, tx,
-                           lambda s, b: metrics.metric_sums(s, b.targets, b.graph_mask), devices)
+  config = default.get_config()
+  config.hidden = HIDDEN
+  task = tasks.build_task(config, ds)  # the bare SR-GNN, as experiments/train.py builds it
+  tx = parallel.make_optimizer(config.weight_decay)
+  runner = parallel.Runner("shard_map", task.terms, task.spec, tx, metrics.batch_metric_sums, devices)
   order = np.random.default_rng(0).permutation(len(train))
   batches = graphs.iterate_batches(g_train, order, budget, len(devices))
   first, real = next(batches)
-  params = jax.device_get(model.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(lambda x: x[0], first)))
+  params = jax.device_get(task.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(lambda x: x[0], first)))
   state = runner.replicate(parallel.init_state(params, tx))
   t = time.perf_counter()
   state, report = runner.train_step(state, first, 1e-3)

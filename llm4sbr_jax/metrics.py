@@ -38,6 +38,11 @@ def metric_sums(scores: jax.Array, targets: jax.Array, mask: jax.Array,
   return out
 
 
+def batch_metric_sums(scores: jax.Array, batch) -> dict[str, jax.Array]:
+  """`metric_sums` of a packed batch (its targets and graph mask)."""
+  return metric_sums(scores, batch.targets, batch.graph_mask)
+
+
 def finalize(sums: Mapping[str, float]) -> dict[str, float]:
   """Percent means (the papers' convention) from accumulated sums."""
   count = float(sums["count"])

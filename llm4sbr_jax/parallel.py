@@ -136,7 +136,9 @@ class Runner:
 
   def _bounded(self, out: Any) -> Any:
     """Keeps at most MAX_IN_FLIGHT dispatched steps: the host packs batches far faster than the device consumes
-    them, and an unbounded queue would hold a whole epoch of batches in memory."""
+    them, and an unbounded queue would hold a whole epoch of batches in memory. Drops pmap's device axis."""
+    if self.mode == "pmap":
+      out = jax.tree_util.tree_map(lambda x: x[0], out)
     self._in_flight.append(out)
     if len(self._in_flight) > MAX_IN_FLIGHT:
       jax.block_until_ready(self._in_flight.popleft())
@@ -144,12 +146,7 @@ class Runner:
 
   def train_step(self, state: TrainState, batch: Any, lr: float) -> tuple[TrainState, dict[str, jax.Array]]:
     state, report = self._train(state, self.put_batch(batch), jnp.float32(lr))
-    if self.mode == "pmap":
-      report = jax.tree_util.tree_map(lambda x: x[0], report)
     return state, self._bounded(report)
 
   def eval_step(self, params: Any, batch: Any) -> dict[str, jax.Array]:
-    sums = self._eval(params, self.put_batch(batch))
-    if self.mode == "pmap":
-      sums = jax.tree_util.tree_map(lambda x: x[0], sums)
-    return self._bounded(sums)
+    return self._bounded(self._eval(params, self.put_batch(batch)))

@@ -36,10 +36,6 @@ def learning_rate(config: Any, epoch: int) -> float:
   return float(config.lr * config.lr_decay ** (epoch // config.lr_decay_every))
 
 
-def _metrics_fn(scores, batch):
-  return metrics_lib.metric_sums(scores, batch.targets, batch.graph_mask)
-
-
 class Experiment:
   """Everything a run needs, built once from a config: data, graphs, budgets, task and compiled steps."""
 
@@ -64,7 +60,8 @@ class Experiment:
     self.budget = graphs_lib.compute_budget(list(self.graphs.values()), config.batch_size // len(devices),
                                             config.budget_std)
     self.tx = parallel.make_optimizer(config.weight_decay)
-    self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx, _metrics_fn, devices)
+    self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx,
+                                  metrics_lib.batch_metric_sums, devices)
 
   def batches(self, split: str, order: np.ndarray):
     return graphs_lib.iterate_batches(self.graphs[split], order, self.budget, self.runner.num_devices,

@@ -4,22 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from llm4sbr_jax import graphs, metrics, parallel, synthetic
-from llm4sbr_jax.models.llm4sbr import cross_entropy
-from llm4sbr_jax.models.srgnn import SRGNNRecommender
+from experiments.configs import default
+from llm4sbr_jax import graphs, metrics, parallel, synthetic, tasks
 
 NUM_ITEMS, HIDDEN = 80, 32
-
-
-def _terms(model):
-  def terms(params, batch, train):
-    scores = model.apply(params, batch, train=train)
-    return scores, {"ce": cross_entropy(scores, batch.targets, batch.graph_mask)}
-  return terms
-
-
-def _metrics(scores, batch):
-  return metrics.metric_sums(scores, batch.targets, batch.graph_mask)
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +15,19 @@ def setup():
   assert jax.local_device_count() == 4, "conftest sets 4 fake CPU devices"
   ds = synthetic.make_dataset(NUM_ITEMS, 600, 5.0, 20, seed=0)
   sg = graphs.build_session_graphs(ds.splits["train"])
-  model = SRGNNRecommender(num_items=NUM_ITEMS, hidden=HIDDEN)
+  config = default.get_config()
+  config.hidden = HIDDEN
+  task = tasks.build_task(config, ds)  # the bare SR-GNN
   budget1 = graphs.compute_budget(sg, 40)
   first, _ = next(graphs.iterate_batches(sg, np.arange(40), budget1))
-  params = jax.device_get(model.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(lambda x: x[0], first)))
-  return sg, model, params
+  params = jax.device_get(task.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(lambda x: x[0], first)))
+  return sg, task, params
 
 
 def _run(setup, mode, devices, steps=1):
-  sg, model, params = setup
+  sg, task, params = setup
   tx = parallel.make_optimizer(1e-5)
-  runner = parallel.Runner(mode, _terms(model), {"ce": (1.0, False)}, tx, _metrics, devices)
+  runner = parallel.Runner(mode, task.terms, task.spec, tx, metrics.batch_metric_sums, devices)
   budget = graphs.compute_budget(sg, 40 // len(devices), num_std=6.0)
   state = runner.replicate(parallel.init_state(params, tx))
   reports, evals = [], []
