@@ -13,7 +13,6 @@ Runs unchanged on a GPU (JAX picks it up; torch uses CUDA when available). Write
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llm4sbr_jax import hostmem  # pylint: disable=wrong-import-position  (stdlib only: no jax/torch import)
 
 _SHAPES = flags.DEFINE_list("shapes", ["beauty", "ml-1m"], "Dataset shapes (llm4sbr_jax.synthetic.SHAPES).")
 _SAMPLES = flags.DEFINE_integer("samples", 30000, "Synthetic prefix samples per shape.")
@@ -38,10 +38,6 @@ def _data(shape):
   num_items, mean_len, max_len = synthetic.SHAPES[shape]
   ds = synthetic.make_dataset(num_items, _SAMPLES.value, mean_len, max_len, seed=0, valid_fraction=0.0)
   return ds, num_items
-
-
-def _peak_rss_mb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_jax(shape):
@@ -91,7 +87,7 @@ def measure_jax(shape):
           "compile_train_s": compile_train, "compile_eval_s": compile_eval, "graph_build_s": graph_seconds,
           "budget": vars(budget), "mean_prefix_len": float(train.lengths.mean()),
           "max_prefix_len": int(train.lengths.max()), "device": str(devices[0].device_kind),
-          "num_devices": len(devices), "peak_rss_mb": _peak_rss_mb()}
+          "num_devices": len(devices), "peak_rss_mb": hostmem.peak_rss_mb()}
 
 
 def measure_torch(shape):
@@ -133,7 +129,7 @@ def measure_torch(shape):
       model({k: v.to(device) for k, v in b.items()}).topk(20)
   return {"train_sessions_per_s": train_rate, "eval_sessions_per_s": n_eval / (time.perf_counter() - t),
           "first_step_s": first_step, "len_max": len_max, "threads": torch.get_num_threads(), "device": device,
-          "peak_rss_mb": _peak_rss_mb()}
+          "peak_rss_mb": hostmem.peak_rss_mb()}
 
 
 def _table(results):

@@ -98,6 +98,7 @@ class Runner:
     self.num_devices = len(self.devices)
     self.mode = mode
     self._in_flight: collections.deque = collections.deque()
+    self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
     train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx)
     evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn)
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
@@ -144,9 +145,24 @@ class Runner:
       jax.block_until_ready(self._in_flight.popleft())
     return out
 
+  def compile(self, state: TrainState, batch: Any) -> None:
+    """Compiles both steps ahead of time for `state` (replicated) and `batch`'s shapes.
+
+    Every later step must have these shapes (a mismatch raises instead of recompiling). Called before large
+    host data is loaded, compilation's transient memory does not stack on top of it.
+    """
+    batch = self.put_batch(batch)
+    self._run("train", state, batch, jnp.float32(0.0), execute=False)
+    self._run("eval", state.params, batch, execute=False)
+
+  def _run(self, name: str, *args: Any, execute: bool = True) -> Any:
+    if name not in self._compiled:
+      self._compiled[name] = (self._train if name == "train" else self._eval).lower(*args).compile()
+    return self._compiled[name](*args) if execute else None
+
   def train_step(self, state: TrainState, batch: Any, lr: float) -> tuple[TrainState, dict[str, jax.Array]]:
-    state, report = self._train(state, self.put_batch(batch), jnp.float32(lr))
+    state, report = self._run("train", state, self.put_batch(batch), jnp.float32(lr))
     return state, self._bounded(report)
 
   def eval_step(self, params: Any, batch: Any) -> dict[str, jax.Array]:
-    return self._bounded(self._eval(params, self.put_batch(batch)))
+    return self._bounded(self._run("eval", params, self.put_batch(batch)))

@@ -2,7 +2,8 @@
 
 A task exposes `init(rng, batch) -> params` and `terms(params, batch, train) -> (scores [G, n], {name: (sum, count)})`
 with a `spec` {name: (weight, is_log_mean)} telling the parallel step how to combine the terms over devices, and
-`side`: per-split arrays [N, ...] gathered into every batch's `intents` (LLM4SBR's intent embeddings).
+per-sample side data (LLM4SBR's intent embeddings, gathered into every batch's `intents`): `side_shape` is one
+sample's row shape, known up front so the steps compile before `load_side()` reads the per-split arrays [N, ...].
 
 Models:
   * `srgnn`: the bare SR-GNN (CE loss).
@@ -29,21 +30,26 @@ class Task:
   init: Callable[[jax.Array, Any], Any]
   terms: Callable[[Any, Any, bool], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
   spec: Mapping[str, tuple[float, bool]]
-  side: Optional[Mapping[str, np.ndarray]] = None
+  side_shape: Optional[tuple[int, ...]] = None
+  load_side: Optional[Callable[[], Mapping[str, np.ndarray]]] = None
+
+
+def _check_source(source: str) -> None:
+  if source not in ("llm", "item_text"):
+    raise ValueError(f"config.intents.source: expected 'llm' or 'item_text', got {source!r}")
 
 
 def intent_arrays(config: Any, dataset: ProcessedDataset) -> dict[str, np.ndarray]:
   """Per-split intent embeddings [N, P, d_text] (float32) for `config.perspectives`."""
   perspectives = tuple(config.perspectives)
   source = config.intents.source
+  _check_source(source)
   splits = {k: v for k, v in dataset.splits.items() if len(v)}
   if source == "item_text":
     items = intents_lib.load_item_embeddings(config.intents.stage1_dir, dataset)
     return {k: intents_lib.item_text_intents(items, s, perspectives) for k, s in splits.items()}
-  if source == "llm":
-    return {k: intents_lib.localized_intents(config.intents.stage1_dir, dataset, k, perspectives, config.intents.f)
-            for k in splits}
-  raise ValueError(f"config.intents.source: expected 'llm' or 'item_text', got {source!r}")
+  return {k: intents_lib.localized_intents(config.intents.stage1_dir, dataset, k, perspectives, config.intents.f)
+          for k in splits}
 
 
 def build_task(config: Any, dataset: ProcessedDataset) -> Task:
@@ -78,7 +84,11 @@ def build_task(config: Any, dataset: ProcessedDataset) -> Task:
                       f"uniform_session/{p}": (t.unif_session_sum[q], t.n_pairs)})
       return out.scores, named
 
-    side = intent_arrays(config, dataset) if perspectives else None
+    side = {}
+    if perspectives:  # source and manifest (fingerprint, dim) are checked now; the arrays load later
+      _check_source(config.intents.source)
+      stage1 = intents_lib.open_stage1(config.intents.stage1_dir, dataset, verify=False)
+      side = dict(side_shape=(len(perspectives), stage1.dim), load_side=lambda: intent_arrays(config, dataset))
     return Task(init=lambda rng, batch: model.init(rng, batch, batch.intents, train=False), terms=terms, spec=spec,
-                side=side)
+                **side)
   raise ValueError(f"config.model: unknown model {config.model!r}; expected 'srgnn' or 'llm4sbr'")

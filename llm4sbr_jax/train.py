@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from typing import Any, Optional
 
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from llm4sbr_jax import dataset as dataset_lib
 from llm4sbr_jax import graphs as graphs_lib
 from llm4sbr_jax import metrics as metrics_lib
-from llm4sbr_jax import parallel, plotting, tasks
+from llm4sbr_jax import hostmem, parallel, plotting, tasks
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,12 @@ def learning_rate(config: Any, epoch: int) -> float:
 
 
 class Experiment:
-  """Everything a run needs, built once from a config: data, graphs, budgets, task and compiled steps."""
+  """Everything a run needs, built once from a config: data, graphs, budgets, task and compiled steps.
+
+  Order matters for peak memory: the steps are compiled (on a template batch with zero side data) before the
+  intent arrays are loaded, and freed heap memory is handed back after each, so compilation's transient memory
+  never stacks on top of the intents.
+  """
 
   def __init__(self, config: Any):
     self.config = config
@@ -47,12 +51,9 @@ class Experiment:
     if "train" not in self.splits or not {"valid", "test"} & set(self.splits):
       raise ValueError(f"{config.dataset_dir}: needs train samples and valid or test samples to evaluate on; "
                        f"has {({k: len(v) for k, v in self.dataset.splits.items()})}")
-    self.side = dict(self.task.side or {})
-    if config.get("max_train_samples", 0):
-      keep = min(config.max_train_samples, len(self.splits["train"]))
+    keep = min(config.get("max_train_samples", 0) or len(self.splits["train"]), len(self.splits["train"]))
+    if keep < len(self.splits["train"]):
       self.splits["train"] = self.splits["train"].subset(np.arange(keep))
-      if "train" in self.side:
-        self.side["train"] = self.side["train"][:keep]
     self.graphs = {k: graphs_lib.build_session_graphs(v) for k, v in self.splits.items()}
     devices = jax.local_devices()
     if config.batch_size % len(devices):
@@ -62,16 +63,28 @@ class Experiment:
     self.tx = parallel.make_optimizer(config.weight_decay)
     self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx,
                                   metrics_lib.batch_metric_sums, devices)
+    t = time.perf_counter()
+    template_side = None if self.task.side_shape is None else np.zeros((1,) + self.task.side_shape, np.float32)
+    self._template, _ = next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), self.budget,
+                                                        self.runner.num_devices, template_side))
+    self._init = jax.jit(self.task.init)
+    self.runner.compile(self.runner.replicate(self.init_state()), self._template)
+    self.compile_seconds = time.perf_counter() - t
+    hostmem.release_free_memory()
+    self.side = dict(self.task.load_side()) if self.task.load_side else {}
+    if "train" in self.side:
+      self.side["train"] = self.side["train"][:keep]
+    hostmem.release_free_memory()
 
   def batches(self, split: str, order: np.ndarray):
     return graphs_lib.iterate_batches(self.graphs[split], order, self.budget, self.runner.num_devices,
                                       self.side.get(split))
 
   def init_state(self) -> parallel.TrainState:
-    first, _ = next(self.batches("train", np.arange(1)))
-    sample = jax.tree_util.tree_map(lambda x: x[0], first)
-    params = jax.jit(self.task.init)(jax.random.PRNGKey(self.config.seed), sample)
-    return jax.device_get(parallel.init_state(params, self.tx))  # host copy: the device state gets donated
+    """Fresh parameters and optimiser state (host copy: the device state gets donated)."""
+    sample = jax.tree_util.tree_map(lambda x: x[0], self._template)  # shapes only; init ignores the values
+    params = self._init(jax.random.PRNGKey(self.config.seed), sample)
+    return jax.device_get(parallel.init_state(params, self.tx))
 
   def evaluate(self, params: Any, split: str) -> dict[str, float]:
     totals: dict[str, float] = {}
@@ -177,7 +190,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   results = summarize(history, config.select_metric)
   results.update({"dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": config.model,
                   "selection_split": select_split, "stopped_early": meta["bad_epochs"] >= config.patience,
-                  "setup_seconds": setup_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "setup_seconds": setup_seconds, "peak_rss_mb": hostmem.peak_rss_mb(),
                   "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)

@@ -58,3 +58,20 @@ def test_step_is_traced_once_across_batches(setup, mode):
   _, losses, _ = _run(setup, mode, jax.local_devices(), steps=4)
   assert len(losses) == 4
   assert parallel.TRACE_COUNTS["train"] == 1 and parallel.TRACE_COUNTS["eval"] == 1
+
+
+def test_ahead_of_time_compile_fixes_the_shapes(setup):
+  sg, task, params = setup
+  tx = parallel.make_optimizer(1e-5)
+  runner = parallel.Runner("shard_map", task.terms, task.spec, tx, metrics.batch_metric_sums, jax.local_devices())
+  state = runner.replicate(parallel.init_state(params, tx))
+  batch, _ = next(graphs.iterate_batches(sg, np.arange(40), graphs.compute_budget(sg, 10, num_std=6.0), 4))
+  parallel.TRACE_COUNTS.clear()
+  runner.compile(state, batch)
+  assert parallel.TRACE_COUNTS["train"] == 1 and parallel.TRACE_COUNTS["eval"] == 1
+  state, _ = runner.train_step(state, batch, 1e-3)
+  runner.eval_step(state.params, batch)
+  assert parallel.TRACE_COUNTS["train"] == 1 and parallel.TRACE_COUNTS["eval"] == 1  # no retrace on the calls
+  other, _ = next(graphs.iterate_batches(sg, np.arange(40), graphs.compute_budget(sg, 10, num_std=9.0), 4))
+  with pytest.raises(TypeError, match="Argument types differ"):  # another batch shape: refused, never silently recompiled
+    runner.train_step(state, other, 1e-3)

@@ -95,6 +95,30 @@ def test_gate_fusion_trains(setup):
   assert results["epochs_run"] == 1 and np.isfinite(results["paper_protocol_best_test"]["metrics"]["hr@20"])
 
 
+def test_experiment_compiles_before_loading_the_intents(setup, monkeypatch):
+  ds, root = setup
+  config = _config(root)
+  task = tasks.build_task(config, ds)
+  assert task.side_shape == (2, 12)
+  seen = []
+  load = task.load_side
+
+  def recording_load():
+    seen.append(dict(parallel.TRACE_COUNTS))
+    return load()
+
+  monkeypatch.setattr(tasks, "build_task", lambda c, d: tasks.Task(task.init, task.terms, task.spec, task.side_shape,
+                                                                   recording_load))
+  parallel.TRACE_COUNTS.clear()
+  exp = train.Experiment(config)
+  assert seen == [{"train": 1, "eval": 1}]  # both steps were compiled when the intents were loaded
+  assert exp.side["train"].shape == (len(ds.splits["train"]), 2, 12)
+  # init saw a zero-intent template; the parameters only depend on shapes and the seed
+  real = jax.tree_util.tree_map(lambda x: x[0], _one_device_batch(exp))
+  np.testing.assert_equal(jax.device_get(task.init(jax.random.PRNGKey(config.seed), real)),
+                          jax.device_get(exp.init_state().params))
+
+
 def test_unknown_model_and_source_are_rejected(setup):
   ds, root = setup
   with pytest.raises(ValueError, match="unknown model"):
