@@ -88,6 +88,8 @@ def build_task(config: Any, dataset: ProcessedDataset) -> Task:
     if perspectives:  # source and manifest (fingerprint, dim) are checked now; the arrays load later
       _check_source(config.intents.source)
       stage1 = intents_lib.open_stage1(config.intents.stage1_dir, dataset, verify=False)
+      if config.intents.source == "llm":
+        stage1.check_perspectives(perspectives)
       side = dict(side_shape=(len(perspectives), stage1.dim), load_side=lambda: intent_arrays(config, dataset))
     return Task(init=lambda rng, batch: model.init(rng, batch, batch.intents, train=False), terms=terms, spec=spec,
                 **side)
