@@ -7,9 +7,10 @@
 Each model runs in its own child process (same data, batch and hidden size): compile time (init, train and eval
 steps), training step time over `--steps` batches, peak memory (the accelerator's peak bytes in use when there is one, else peak host RSS), and the
 bytes of the intent arrays LLM4SBR holds. Reports the step-time ratio (target <= 1.1x) and the memory difference
-next to the intent bytes. Writes overhead.md and overhead.json.
+next to the intent bytes. Writes overhead.md, overhead.csv (every run), overhead.png and overhead.json.
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -96,6 +97,14 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   Path(_OUT.value, "overhead.md").write_text(text + "\n")
   Path(_OUT.value, "overhead.json").write_text(json.dumps(summary, indent=2))
+  with open(Path(_OUT.value, "overhead.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, ["run", *runs["srgnn"][0]])
+    writer.writeheader()
+    for m, rs in runs.items():
+      writer.writerows({"run": i, **r} for i, r in enumerate(rs))
+  from llm4sbr_jax import plotting  # pylint: disable=g-import-not-at-top
+  plotting.plot_overhead(best, mem, str(Path(_OUT.value, "overhead.png")),
+                         title=f"LLM4SBR overhead on {Path(config.dataset_dir).name} (batch {config.batch_size})")
 
 
 if __name__ == "__main__":

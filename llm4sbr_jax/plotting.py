@@ -47,3 +47,23 @@ def plot_bars(rows: list[tuple[str, dict]], metrics: tuple[str, ...], path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def plot_overhead(best: dict[str, dict], memory_key: str, path: str, title: str = "") -> None:
+  """Table 3 as bars: step time and peak memory per model; the dashed line is the bare model's peak plus the
+  intent arrays (the memory target)."""
+  labels = list(best)
+  fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6))
+  bars = ax_t.bar(labels, [best[m]["step_ms"] for m in labels], color=["C0", "C1"][:len(labels)])
+  ax_t.bar_label(bars, fmt="%.2f", fontsize=8)
+  ax_t.set(title="training step (ms)")
+  bars = ax_m.bar(labels, [best[m][memory_key] for m in labels], color=["C0", "C1"][:len(labels)])
+  ax_m.bar_label(bars, fmt="%.0f", fontsize=8)
+  base, intents = best[labels[0]][memory_key], max(r["intent_bytes"] for r in best.values()) / 2**20
+  ax_m.axhline(base + intents, color="k", ls="--", lw=1, label=f"{labels[0]} + intent arrays ({intents:.0f} MB)")
+  ax_m.set(title={"peak_device_mb": "peak accelerator memory (MB)"}.get(memory_key, "peak host RSS (MB)"))
+  ax_m.legend(fontsize=8, loc="lower right")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
