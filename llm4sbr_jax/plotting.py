@@ -61,6 +61,7 @@ def plot_overhead(best: dict[str, dict], memory_key: str, path: str, title: str 
   ax_m.bar_label(bars, fmt="%.0f", fontsize=8)
   base, intents = best[labels[0]][memory_key], max(r["intent_bytes"] for r in best.values()) / 2**20
   ax_m.axhline(base + intents, color="k", ls="--", lw=1, label=f"{labels[0]} + intent arrays ({intents:.0f} MB)")
+  ax_m.set_ylim(0, 1.15 * max(base + intents, *(best[m][memory_key] for m in labels)))
   ax_m.set(title={"peak_device_mb": "peak accelerator memory (MB)"}.get(memory_key, "peak host RSS (MB)"))
   ax_m.legend(fontsize=8, loc="lower right")
   fig.suptitle(title)
