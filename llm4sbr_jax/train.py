@@ -72,8 +72,8 @@ class Experiment:
     self.compile_seconds = time.perf_counter() - t
     hostmem.release_free_memory()
     self.side = dict(self.task.load_side()) if self.task.load_side else {}
-    if "train" in self.side:
-      self.side["train"] = self.side["train"][:keep]
+    if "train" in self.side and keep < len(self.side["train"]):
+      self.side["train"] = self.side["train"][:keep].copy()  # a copy, so the dropped rows are freed
     hostmem.release_free_memory()
 
   def batches(self, split: str, order: np.ndarray):
