@@ -48,8 +48,9 @@ def intent_arrays(config: Any, dataset: ProcessedDataset) -> dict[str, np.ndarra
   if source == "item_text":
     items = intents_lib.load_item_embeddings(config.intents.stage1_dir, dataset)
     return {k: intents_lib.item_text_intents(items, s, perspectives) for k, s in splits.items()}
-  return {k: intents_lib.localized_intents(config.intents.stage1_dir, dataset, k, perspectives, config.intents.f)
-          for k in splits}
+  intents_lib.open_stage1(config.intents.stage1_dir, dataset)  # checksums and finiteness once, not per split
+  return {k: intents_lib.localized_intents(config.intents.stage1_dir, dataset, k, perspectives, config.intents.f,
+                                           verify=False) for k in splits}
 
 
 def build_task(config: Any, dataset: ProcessedDataset) -> Task:
