@@ -107,14 +107,16 @@ class Runner:
     if mode == "shard_map":
       squeeze = lambda f: lambda s, b, *a: f(s, jax.tree_util.tree_map(lambda x: x[0], b), *a)
       # check_vma=False: gradients of replicated params stay per-device (as under pmap); we psum them explicitly.
-      self._train = jax.jit(jax.shard_map(squeeze(train), mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
-                                          out_specs=(P(), P()), check_vma=False), donate_argnums=0)
-      self._eval = jax.jit(jax.shard_map(squeeze(evaluate), mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                         out_specs=P(), check_vma=False))
+      self._steps = {
+          "train": jax.jit(jax.shard_map(squeeze(train), mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
+                                         out_specs=(P(), P()), check_vma=False), donate_argnums=0),
+          "eval": jax.jit(jax.shard_map(squeeze(evaluate), mesh=self.mesh, in_specs=(P(), P(AXIS)),
+                                        out_specs=P(), check_vma=False))}
     elif mode == "pmap":
       # pmap keeps a leading device axis on the replicated state and on the outputs.
-      self._train = jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0, devices=self.devices)
-      self._eval = jax.pmap(evaluate, axis_name=AXIS, devices=self.devices)
+      self._steps = {
+          "train": jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0, devices=self.devices),
+          "eval": jax.pmap(evaluate, axis_name=AXIS, devices=self.devices)}
     else:
       raise ValueError(f"parallel mode must be 'shard_map' or 'pmap', got {mode!r}")
 
@@ -157,7 +159,7 @@ class Runner:
 
   def _run(self, name: str, *args: Any, execute: bool = True) -> Any:
     if name not in self._compiled:
-      self._compiled[name] = (self._train if name == "train" else self._eval).lower(*args).compile()
+      self._compiled[name] = self._steps[name].lower(*args).compile()
     return self._compiled[name](*args) if execute else None
 
   def train_step(self, state: TrainState, batch: Any, lr: float) -> tuple[TrainState, dict[str, jax.Array]]:
