@@ -155,6 +155,14 @@ def take_fitting(graphs: SessionGraphs, order: np.ndarray, budget: Budget) -> in
   return max(1, int(np.argmin(fits)) if not fits.all() else len(head))
 
 
+def _padded(values: np.ndarray, size: int, fill=0, dtype=np.int32) -> np.ndarray:
+  """`values` in the first rows of a `size`-row array of `dtype` (trailing axes kept), `fill` in the rest."""
+  values = np.asarray(values)
+  out = np.full((size,) + values.shape[1:], fill, dtype)
+  out[:len(values)] = values
+  return out
+
+
 def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
          side: Optional[np.ndarray] = None) -> SessionBatch:
   """Packs the samples `index` (which must fit, see `take_fitting`) into one fixed-shape batch (numpy).
@@ -179,43 +187,26 @@ def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
   node_base = offsets_from_counts(n_node)[:-1]
   pad_node = budget.nodes - 1  # belongs to the padding graph, like every node index >= tn
 
-  items = np.zeros(budget.nodes, np.int32)
-  items[:tn] = graphs.node_items[node_pos]
-  senders = np.full(budget.edges, pad_node, np.int32)
-  receivers = np.full(budget.edges, pad_node, np.int32)
+  items = _padded(graphs.node_items[node_pos], budget.nodes)
   edge_base = np.repeat(node_base, n_edge)
-  senders[:te] = graphs.senders[edge_pos] + edge_base
-  receivers[:te] = graphs.receivers[edge_pos] + edge_base
-  w_in = np.zeros(budget.edges, np.float32)
-  w_out = np.zeros(budget.edges, np.float32)
-  w_in[:te] = graphs.w_in[edge_pos]
-  w_out[:te] = graphs.w_out[edge_pos]
+  senders = _padded(graphs.senders[edge_pos] + edge_base, budget.edges, pad_node)
+  receivers = _padded(graphs.receivers[edge_pos] + edge_base, budget.edges, pad_node)
+  w_in = _padded(graphs.w_in[edge_pos], budget.edges, dtype=np.float32)
+  w_out = _padded(graphs.w_out[edge_pos], budget.edges, dtype=np.float32)
 
-  pos_node = np.full(budget.positions, pad_node, np.int32)
-  pos_graph = np.full(budget.positions, g_pad, np.int32)
-  pos_node[:tp] = graphs.alias[click_pos] + np.repeat(node_base, n_pos)
-  pos_graph[:tp] = np.repeat(np.arange(b, dtype=np.int32), n_pos)
-  pos_mask = np.zeros(budget.positions, bool)
-  pos_mask[:tp] = True
+  pos_node = _padded(graphs.alias[click_pos] + np.repeat(node_base, n_pos), budget.positions, pad_node)
+  pos_graph = _padded(np.repeat(np.arange(b), n_pos), budget.positions, g_pad)
+  pos_mask = _padded(np.ones(tp, bool), budget.positions, False, bool)
 
-  last_node = np.full(budget.graphs, pad_node, np.int32)
-  last_node[:b] = pos_node[offsets_from_counts(n_pos)[1:] - 1]
-  targets = np.zeros(budget.graphs, np.int32)
-  targets[:b] = graphs.targets[index]
-  graph_mask = np.zeros(budget.graphs, bool)
-  graph_mask[:b] = True
-  sample_index = np.full(budget.graphs, -1, np.int32)
-  sample_index[:b] = index
-  n_node_all = np.zeros(budget.graphs, np.int32)
-  n_node_all[:b] = n_node
+  last_node = _padded(pos_node[offsets_from_counts(n_pos)[1:] - 1], budget.graphs, pad_node)
+  targets = _padded(graphs.targets[index], budget.graphs)
+  graph_mask = _padded(np.ones(b, bool), budget.graphs, False, bool)
+  sample_index = _padded(index, budget.graphs, -1)
+  n_node_all = _padded(n_node, budget.graphs)
   n_node_all[g_pad] = budget.nodes - tn
-  n_edge_all = np.zeros(budget.graphs, np.int32)
-  n_edge_all[:b] = n_edge
+  n_edge_all = _padded(n_edge, budget.graphs)
   n_edge_all[g_pad] = budget.edges - te
-  intents = None
-  if side is not None:
-    intents = np.zeros((budget.graphs,) + side.shape[1:], np.float32)
-    intents[:b] = side[index]
+  intents = None if side is None else _padded(side[index], budget.graphs, dtype=np.float32)
   graph = jraph.GraphsTuple(nodes={"item": items}, edges={"w_in": w_in, "w_out": w_out}, senders=senders,
                             receivers=receivers, n_node=n_node_all, n_edge=n_edge_all, globals=None)
   return SessionBatch(graph=graph, pos_node=pos_node, pos_graph=pos_graph, pos_mask=pos_mask, last_node=last_node,
