@@ -1,14 +1,17 @@
-"""SR-GNN speed benchmark: llm4sbr-jax vs a PyTorch SR-GNN built like the official code, side by side, one run.
+"""Speed benchmark of every backbone: llm4sbr-jax vs a PyTorch reference built like the official code, one run.
 
-  python experiments/benchmark.py                        # both shapes, both frameworks
-  python experiments/benchmark.py --shapes=beauty --torch_batches=10
+  python experiments/benchmark.py --dataset_dir data/processed/beauty_paper_valid   # real Beauty + the ML-1M shape
+  python experiments/benchmark.py --backbones=gcegnn --shapes=ml-1m --torch_batches=5
 
-Data: synthetic sessions shaped like Beauty (12,101 items, mean prefix length 8.7) and ML-1M (3,416 items, mean
-prefix length 17.6, max 200) at batch 100 / hidden 100. Each (framework, shape) runs in its own child process so
+Data: the processed dataset given by `--dataset_dir` (shape "real": its train and test splits, e.g. real Beauty), and
+synthetic sessions shaped like Beauty (12,101 items, mean prefix length 8.7) and ML-1M (3,416 items, mean prefix
+length 17.6, max 200) at batch 100 / hidden 100. Each (backbone, framework, shape) runs in its own child process so
 peak RSS is its own. Reported: training and evaluation sessions/s (the first step, which compiles, timed apart as
-compile time), peak RSS, and the JAX / PyTorch ratios. The PyTorch side builds every batch the official way (per-sample
-Python loop, padding to the split's longest prefix, dense adjacency) and runs torch with `--torch_threads` threads.
-Runs unchanged on a GPU (JAX picks it up; torch uses CUDA when available). Writes a markdown table and JSON.
+compile time), peak RSS, the JAX / PyTorch ratios, and the host-side build time of what the backbone's batches need
+(GCE-GNN's global graph). The PyTorch side builds every batch the official way (per-sample Python loop, padding to
+the split's longest prefix, dense adjacency; `build_baseline` in each `experiments/torch_<backbone>.py`) and runs
+torch with `--torch_threads` threads. Runs unchanged on a GPU (JAX picks it up; torch uses CUDA when available).
+Writes benchmark.md and benchmark.json.
 """
 
 import json
@@ -23,7 +26,10 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm4sbr_jax import hostmem  # pylint: disable=wrong-import-position  (stdlib only: no jax/torch import)
 
-_SHAPES = flags.DEFINE_list("shapes", ["beauty", "ml-1m"], "Dataset shapes (llm4sbr_jax.synthetic.SHAPES).")
+_SHAPES = flags.DEFINE_list("shapes", ["real", "ml-1m"], "'real' (--dataset_dir) and/or llm4sbr_jax.synthetic.SHAPES.")
+_DATASET_DIR = flags.DEFINE_string("dataset_dir", "", "Processed dataset for the 'real' shape.")
+_BACKBONES = flags.DEFINE_list("backbones", ["srgnn", "tagnn", "gcegnn"], "Backbones (models/registry.py).")
+_FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch"], "Which sides to run (ratios need both).")
 _SAMPLES = flags.DEFINE_integer("samples", 30000, "Synthetic prefix samples per shape.")
 _JAX_BATCHES = flags.DEFINE_integer("jax_batches", 100, "Timed JAX training batches.")
 _TORCH_BATCHES = flags.DEFINE_integer("torch_batches", 15, "Timed PyTorch training batches.")
@@ -34,13 +40,18 @@ BATCH, HIDDEN = 100, 100
 
 
 def _data(shape):
-  from llm4sbr_jax import synthetic  # pylint: disable=g-import-not-at-top
+  from llm4sbr_jax import dataset, synthetic  # pylint: disable=g-import-not-at-top
+  if shape == "real":
+    if not _DATASET_DIR.value:
+      raise ValueError("the 'real' shape needs --dataset_dir (a processed dataset)")
+    ds = dataset.load_dataset(_DATASET_DIR.value)
+    return ds, ds.num_items
   num_items, mean_len, max_len = synthetic.SHAPES[shape]
   ds = synthetic.make_dataset(num_items, _SAMPLES.value, mean_len, max_len, seed=0, valid_fraction=0.0)
   return ds, num_items
 
 
-def measure_jax(shape):
+def measure_jax(shape, backbone):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
@@ -53,12 +64,14 @@ def measure_jax(shape):
   devices = jax.local_devices()
   budget = graphs.compute_budget([g_train, g_test], BATCH // len(devices))
   config = default.get_config()
-  config.hidden = HIDDEN
-  task = tasks.build_task(config, ds)  # the bare SR-GNN, as experiments/train.py builds it
+  config.hidden, config.backbone = HIDDEN, backbone  # no dataset_dir: GCE-GNN builds its graph (timed), no cache
+  t = time.perf_counter()
+  task = tasks.build_task(config, ds)  # the bare backbone, as experiments/train.py builds it
+  tables_seconds = time.perf_counter() - t
   tx = parallel.make_optimizer(config.weight_decay)
   runner = parallel.Runner("shard_map", task.terms, task.spec, tx, metrics.batch_metric_sums, devices)
   order = np.random.default_rng(0).permutation(len(train))
-  batches = graphs.iterate_batches(g_train, order, budget, len(devices))
+  batches = graphs.iterate_batches(g_train, order, budget, len(devices), node_tables=task.node_tables)
   first, real = next(batches)
   params = jax.device_get(task.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(lambda x: x[0], first)))
   state = runner.replicate(parallel.init_state(params, tx))
@@ -73,7 +86,8 @@ def measure_jax(shape):
     sessions += real
   jax.block_until_ready(report)
   train_rate = sessions / (time.perf_counter() - t)
-  eval_batches = graphs.iterate_batches(g_test, np.arange(len(test)), budget, len(devices))
+  eval_batches = graphs.iterate_batches(g_test, np.arange(len(test)), budget, len(devices),
+                                        node_tables=task.node_tables)
   first, _ = next(eval_batches)
   t = time.perf_counter()
   jax.block_until_ready(runner.eval_step(state.params, first))
@@ -85,30 +99,35 @@ def measure_jax(shape):
   jax.block_until_ready(out)
   return {"train_sessions_per_s": train_rate, "eval_sessions_per_s": sessions / (time.perf_counter() - t),
           "compile_train_s": compile_train, "compile_eval_s": compile_eval, "graph_build_s": graph_seconds,
+          "task_build_s": tables_seconds,
           "budget": vars(budget), "mean_prefix_len": float(train.lengths.mean()),
           "max_prefix_len": int(train.lengths.max()), "device": str(devices[0].device_kind),
           "num_devices": len(devices), "peak_rss_mb": hostmem.peak_rss_mb()}
 
 
-def measure_torch(shape):
+def measure_torch(shape, backbone):
+  import importlib  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from experiments.torch_srgnn import TorchSRGNN, reference_batch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(_TORCH_THREADS.value)
   torch.manual_seed(0)
   device = "cuda" if torch.cuda.is_available() else "cpu"
   ds, num_items = _data(shape)
   train, test = ds.splits["train"], ds.splits["test"]
-  len_max = int(max(train.lengths.max(), test.lengths.max()))  # the official Data pads to the split's longest
-  model = TorchSRGNN(num_items + 1, HIDDEN).to(device)
+  reference = importlib.import_module(f"experiments.torch_{backbone}")
+  model, make_batch = reference.build_baseline(train, num_items, HIDDEN)
+  model = model.to(device)
   opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
   order = np.random.default_rng(0).permutation(len(train))
 
+  def batch_of(split, idx):
+    len_max = int(split.lengths.max())  # the official loaders pad to the split's longest prefix
+    return {k: v.to(device) for k, v in make_batch([split.prefix(i).tolist() for i in idx], len_max).items()}
+
   def step(idx):
-    b = reference_batch([train.prefix(i).tolist() for i in idx], len_max)
-    b = {k: v.to(device) for k, v in b.items()}
+    model.train()
     targets = torch.tensor(np.asarray(train.targets)[idx] - 1, dtype=torch.long, device=device)
-    loss = torch.nn.functional.cross_entropy(model(b), targets)
+    loss = torch.nn.functional.cross_entropy(model(batch_of(train, idx)), targets)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -122,53 +141,57 @@ def measure_torch(shape):
     loss = step(order[i * BATCH:(i + 1) * BATCH])
   loss.item()
   train_rate = _TORCH_BATCHES.value * BATCH / (time.perf_counter() - t)
+  model.eval()
   t, n_eval = time.perf_counter(), min(len(test), _TORCH_BATCHES.value * BATCH)
   with torch.no_grad():
     for s in range(0, n_eval, BATCH):
-      b = reference_batch([test.prefix(i).tolist() for i in range(s, min(s + BATCH, n_eval))], len_max)
-      model({k: v.to(device) for k, v in b.items()}).topk(20)
+      model(batch_of(test, range(s, min(s + BATCH, n_eval)))).topk(20)
   return {"train_sessions_per_s": train_rate, "eval_sessions_per_s": n_eval / (time.perf_counter() - t),
-          "first_step_s": first_step, "len_max": len_max, "threads": torch.get_num_threads(), "device": device,
-          "peak_rss_mb": hostmem.peak_rss_mb()}
+          "first_step_s": first_step, "len_max": int(train.lengths.max()), "threads": torch.get_num_threads(),
+          "device": device, "peak_rss_mb": hostmem.peak_rss_mb()}
 
 
 def _table(results):
-  lines = ["| shape | framework | train sess/s | eval sess/s | compile / first step (s) | peak RSS (MB) |",
-           "|---|---|---:|---:|---:|---:|"]
-  for shape, r in results.items():
+  lines = ["| backbone | shape | framework | train sess/s | eval sess/s | compile / first step (s) | peak RSS (MB) |",
+           "|---|---|---|---:|---:|---:|---:|"]
+  for key, r in results.items():
+    backbone, shape = key.split(":")
     for fw in ("jax", "torch"):
       if fw in r:
         m = r[fw]
         first = m.get("compile_train_s", m.get("first_step_s"))
-        lines.append(f"| {shape} | {fw} | {m['train_sessions_per_s']:.0f} | {m['eval_sessions_per_s']:.0f} | "
-                     f"{first:.2f} | {m['peak_rss_mb']:.0f} |")
+        lines.append(f"| {backbone} | {shape} | {fw} | {m['train_sessions_per_s']:.0f} | "
+                     f"{m['eval_sessions_per_s']:.0f} | {first:.2f} | {m['peak_rss_mb']:.0f} |")
     if "jax" in r and "torch" in r:
-      lines.append(f"| {shape} | **jax / torch** | **{r['train_ratio']:.1f}x** | **{r['eval_ratio']:.1f}x** | | |")
+      lines.append(f"| {backbone} | {shape} | **jax / torch** | **{r['train_ratio']:.1f}x** | "
+                   f"**{r['eval_ratio']:.1f}x** | | |")
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
   if _CHILD.value:
-    fw, shape = _CHILD.value.split(":")
-    print("RESULT " + json.dumps(measure_jax(shape) if fw == "jax" else measure_torch(shape)))
+    fw, backbone, shape = _CHILD.value.split(":")
+    measure = measure_jax if fw == "jax" else measure_torch
+    print("RESULT " + json.dumps(measure(shape, backbone)))
     return
   results = {}
-  for shape in _SHAPES.value:
-    results[shape] = {}
-    for fw in ("jax", "torch"):
-      cmd = [sys.executable, __file__, f"--child={fw}:{shape}", f"--samples={_SAMPLES.value}",
-             f"--jax_batches={_JAX_BATCHES.value}", f"--torch_batches={_TORCH_BATCHES.value}",
-             f"--torch_threads={_TORCH_THREADS.value}"]
-      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-      line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-      if proc.returncode or not line:
-        raise RuntimeError(f"{fw} on {shape} failed:\n{proc.stderr[-3000:]}")
-      results[shape][fw] = json.loads(line[0][7:])
-      print(f"{shape} {fw}: {results[shape][fw]['train_sessions_per_s']:.0f} train sess/s", flush=True)
-    r = results[shape]
-    r["train_ratio"] = r["jax"]["train_sessions_per_s"] / r["torch"]["train_sessions_per_s"]
-    r["eval_ratio"] = r["jax"]["eval_sessions_per_s"] / r["torch"]["eval_sessions_per_s"]
+  for backbone in _BACKBONES.value:
+    for shape in _SHAPES.value:
+      r = results[f"{backbone}:{shape}"] = {}
+      for fw in _FRAMEWORKS.value:
+        cmd = [sys.executable, __file__, f"--child={fw}:{backbone}:{shape}", f"--samples={_SAMPLES.value}",
+               f"--jax_batches={_JAX_BATCHES.value}", f"--torch_batches={_TORCH_BATCHES.value}",
+               f"--torch_threads={_TORCH_THREADS.value}", f"--dataset_dir={_DATASET_DIR.value}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not line:
+          raise RuntimeError(f"{fw} {backbone} on {shape} failed:\n{proc.stderr[-3000:]}")
+        r[fw] = json.loads(line[0][7:])
+        print(f"{backbone} {shape} {fw}: {r[fw]['train_sessions_per_s']:.0f} train sess/s", flush=True)
+      if "jax" in r and "torch" in r:
+        r["train_ratio"] = r["jax"]["train_sessions_per_s"] / r["torch"]["train_sessions_per_s"]
+        r["eval_ratio"] = r["jax"]["eval_sessions_per_s"] / r["torch"]["eval_sessions_per_s"]
   os.makedirs(_OUT.value, exist_ok=True)
   table = _table(results)
   print(table)

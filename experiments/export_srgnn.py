@@ -1,4 +1,5 @@
-"""Exports a processed dataset in the SR-GNN reference format (pickled `(seqs, labels)` per split).
+"""Exports a processed dataset in the official backbones' format: pickled `(seqs, labels)` per split (SR-GNN, TAGNN,
+GCE-GNN, S2-DHCN) and `all_train_seq.txt` (GCE-GNN's `build_graph.py`).
 
   python experiments/export_srgnn.py --dataset_dir data/processed/beauty_paper --out_dir data/srgnn/beauty
   # then, in the official SR-GNN checkout: copy train.txt/test.txt to datasets/<name>/ and set n_node to the printed
@@ -25,7 +26,7 @@ def main(argv):
   ds = dataset.load_dataset(_DATASET_DIR.value, verify=True)
   for path in export.export_srgnn(ds, _OUT_DIR.value):
     print(path)
-  print(f"n_node = {ds.num_items + 1} (items + padding); fingerprint {ds.fingerprint[:12]}")
+  print(f"n_node = {ds.num_items + 1} (items + padding; S2-DHCN: {ds.num_items}); fingerprint {ds.fingerprint[:12]}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ over `E[1:]`; Adam with coupled L2.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -102,22 +102,74 @@ class TorchSRGNN(nn.Module):
     return torch.matmul(a, self.embedding.weight[1:].transpose(1, 0))
 
 
-def load_flax_params(model: TorchSRGNN, params: Mapping[str, Any]) -> None:
-  """Copies the JAX `SRGNNRecommender` parameters into `model` (Dense kernels are [in, out], torch [out, in])."""
-  p = params["params"]
-  bb, gnn, head = p["backbone"], p["backbone"]["gnn"], p["head"]
+TRANSPOSED_RAW = ("w_ih", "w_hh")
+
+
+def copy_flax_tree(model: nn.Module, tree: Mapping[str, Any], transposed: Iterable[str] = TRANSPOSED_RAW) -> set[str]:
+  """Copies every parameter of a Flax subtree into the torch attribute of the same (leaf) name.
+
+  A sub-dict holding a `kernel` is a Dense layer: it goes to the `nn.Linear` named like the dict (kernel [in, out]
+  transposed to weight [out, in], `bias` copied when present). Other sub-dicts are walked recursively (their names
+  are only grouping, e.g. `gnn`, `head`). An array leaf goes to the parameter of that name (`embedding` to
+  `embedding.weight`), transposed if its name is in `transposed`. Leaf names must be unique in the tree.
+
+  Args:
+    model: The torch module (parameters looked up as attributes of `model`).
+    tree: The Flax parameters, e.g. `params["params"]["backbone"]`.
+    transposed: Names of array leaves to transpose.
+
+  Returns:
+    The names (as in `model.named_parameters()`) of the torch parameters that were written.
+
+  Raises:
+    KeyError: A Flax name has no torch counterpart, or a shape does not match.
+  """
   t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float32)
-  linear = {"linear_edge_in": gnn["linear_edge_in"], "linear_edge_out": gnn["linear_edge_out"],
-            "linear_one": bb["linear_one"], "linear_two": bb["linear_two"], "linear_three": bb["linear_three"],
-            "linear_transform": head["linear_transform"]}
+  written: set[str] = set()
+
+  def put(name: str, target: torch.Tensor, value: torch.Tensor) -> None:
+    if tuple(target.shape) != tuple(value.shape):
+      raise KeyError(f"{name}: torch {tuple(target.shape)} vs flax {tuple(value.shape)}")
+    target.copy_(value)
+    written.add(name)
+
+  def walk(node: Mapping[str, Any]) -> None:
+    for name, value in node.items():
+      if isinstance(value, Mapping) and "kernel" in value:
+        layer = getattr(model, name, None)
+        if not isinstance(layer, nn.Linear):
+          raise KeyError(f"no nn.Linear named {name!r} for the Flax Dense {name!r}")
+        put(f"{name}.weight", layer.weight, t(value["kernel"]).T)
+        if "bias" in value:
+          put(f"{name}.bias", layer.bias, t(value["bias"]))
+      elif isinstance(value, Mapping):
+        walk(value)
+      elif name == "embedding":
+        put("embedding.weight", model.embedding.weight, t(value))
+      else:
+        param = getattr(model, name, None)
+        if not isinstance(param, nn.Parameter):
+          raise KeyError(f"no torch parameter named {name!r}")
+        put(name, param, t(value).T if name in transposed else t(value))
+
   with torch.no_grad():
-    model.embedding.weight.copy_(t(bb["embedding"]))
-    for name in ("w_ih", "w_hh"):
-      getattr(model, name).copy_(t(gnn[name]).T)
-    for name in ("b_ih", "b_hh", "b_iah", "b_oah"):
-      getattr(model, name).copy_(t(gnn[name]))
-    for name, q in linear.items():
-      layer = getattr(model, name)
-      layer.weight.copy_(t(q["kernel"]).T)
-      if "bias" in q:
-        layer.bias.copy_(t(q["bias"]))
+    walk(tree)
+  return written
+
+
+def load_flax_params(model: nn.Module, params: Mapping[str, Any]) -> None:
+  """Copies a JAX bare model's backbone (`params["params"]["backbone"]`, head under `backbone/head`) into `model`.
+
+  Raises:
+    KeyError: A name or shape does not match, or a torch parameter was left unwritten.
+  """
+  written = copy_flax_tree(model, params["params"]["backbone"])
+  missing = {name for name, _ in model.named_parameters()} - written
+  if missing:
+    raise KeyError(f"torch parameters not in the Flax tree: {sorted(missing)}")
+
+
+def build_baseline(train: Any, num_items: int, hidden: int) -> tuple[nn.Module, Any]:
+  """(model, batch builder) for the speed benchmark: the official SR-GNN pipeline."""
+  del train
+  return TorchSRGNN(num_items + 1, hidden), reference_batch

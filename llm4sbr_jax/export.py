@@ -1,4 +1,5 @@
-"""Export of a processed dataset in the SR-GNN reference format (`train.txt`, `valid.txt`, `test.txt`).
+"""Export of a processed dataset in the SR-GNN reference format (`train.txt`, `valid.txt`, `test.txt`,
+`all_train_seq.txt`).
 
 Each file is `pickle.dump((seqs, labels))`: `seqs` a list of prefixes (lists of 1-based item ids, click order) and
 `labels` the list of next items, exactly the format that the official PyTorch code of SR-GNN, TAGNN, GCE-GNN and
@@ -7,6 +8,10 @@ S2-DHCN reads from `datasets/<name>/train.txt` and `test.txt`.
 This is the one place the project writes pickle, and it never reads pickle: the export exists so that users can run
 the official PyTorch implementations on the identical split (same samples, same item ids) and compare them with the
 JAX models. Everything else in the project uses `.npy` and JSON.
+
+`all_train_seq.txt` (read by the official GCE-GNN `build_graph.py`, and by S2-DHCN) is `pickle.dump(list of
+sequences)`: the sequences our GCE-GNN builds its global graph from (`models/gcegnn.graph_sequences`: per session,
+its longest training sample's prefix + target), so the official code builds the same graph.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import pickle
 import numpy as np
 
 from llm4sbr_jax.dataset import SPLITS, ProcessedDataset, Split
+from llm4sbr_jax.models.gcegnn import graph_sequences
 
 
 def srgnn_lists(split: Split) -> tuple[list[list[int]], list[int]]:
@@ -27,8 +33,15 @@ def srgnn_lists(split: Split) -> tuple[list[list[int]], list[int]]:
   return seqs, np.asarray(split.targets, np.int64).tolist()
 
 
+def _dump(obj, path: str) -> str:
+  with open(path + ".tmp", "wb") as f:
+    pickle.dump(obj, f, protocol=4)  # Readable by every Python 3 the official code runs on.
+  os.replace(path + ".tmp", path)
+  return path
+
+
 def export_srgnn(ds: ProcessedDataset, out_dir: str) -> list[str]:
-  """Writes `train.txt`, `test.txt` and, when the validation split is not empty, `valid.txt` into `out_dir`.
+  """Writes `train.txt`, `test.txt`, `all_train_seq.txt` and, when the validation split is not empty, `valid.txt`.
 
   Files are written to a temporary name and renamed. Returns the written paths. The embedding table size the
   official code needs (`n_node`) is `ds.num_items + 1`.
@@ -42,8 +55,8 @@ def export_srgnn(ds: ProcessedDataset, out_dir: str) -> list[str]:
       if os.path.exists(path):  # A stale file from an earlier export with a validation split.
         os.remove(path)
       continue
-    with open(path + ".tmp", "wb") as f:
-      pickle.dump(srgnn_lists(split), f, protocol=4)  # Readable by every Python 3 the official code runs on.
-    os.replace(path + ".tmp", path)
-    written.append(path)
+    written.append(_dump(srgnn_lists(split), path))
+  items, offsets = graph_sequences(ds.splits["train"])
+  seqs = [p.tolist() for p in np.split(items, offsets[1:-1])] if len(offsets) > 1 else []
+  written.append(_dump(seqs, os.path.join(out_dir, "all_train_seq.txt")))
   return written

@@ -10,17 +10,21 @@ batch whose sessions would overflow a budget is cut short and the rest moves to 
 Batch layout (`SessionBatch`), with G = sessions_per_batch + 1 graph slots (the last slot is jraph's padding graph,
 which owns every padding node, edge and position):
   graph.nodes['item']   [N] item id per node (0 for padding nodes)
-  graph.edges['w_in'/'w_out'] [E]; graph.senders / receivers [E] node indices
+  graph.edges['w_in'/'w_out'] [E]; graph.edges['reverse'] [E] bool: the session also has the opposite transition
+  graph.senders / receivers [E] node indices
   graph.n_node / n_edge [G]
   pos_node / pos_graph  [P] node and graph of each click position (in click order); pos_mask [P]
   last_node [G]         node of the session's last click; targets [G] (0 for empty slots); graph_mask [G]
   sample_index [G]      row of the sample in its split (-1 for empty slots), so per-sample side data can be gathered
+  intents [G, ...]      optional per-sample side data (LLM4SBR's intents)
+  extra {name: [N, ...]} optional per-node rows of a backbone's item tables (GCE-GNN's global neighbours),
+                        gathered by node item id from `node_tables`
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterator, Mapping, NamedTuple, Optional
 
 import jax
 import jraph
@@ -41,6 +45,7 @@ class SessionBatch(NamedTuple):
   graph_mask: Any  # [G] bool
   sample_index: Any  # [G] int32
   intents: Any = None  # [G, K, d_text] float32 or None: per-sample side data (LLM intents)
+  extra: Any = None  # {name: [N, ...]} or None: per-node rows of a backbone's item tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +74,7 @@ class SessionGraphs:
   receivers: np.ndarray  # [sumE] int32
   w_in: np.ndarray  # [sumE] float32 1 / indeg(receiver)
   w_out: np.ndarray  # [sumE] float32 1 / outdeg(sender)
+  reverse: np.ndarray  # [sumE] bool: the opposite edge exists in the same sample
   edge_offsets: np.ndarray  # [S + 1] int64
   targets: np.ndarray  # [S] int32
 
@@ -118,11 +124,13 @@ def build_session_graphs(split: Split) -> SessionGraphs:
   g_recv = node_offsets[edge_sample] + receivers
   outdeg = np.bincount(g_send, minlength=len(node_keys))
   indeg = np.bincount(g_recv, minlength=len(node_keys))
+  flipped = (edge_sample * max_nodes + receivers) * max_nodes + senders
+  reverse = np.isin(flipped, edge_keys, assume_unique=False)
   return SessionGraphs(
       node_items=(node_keys % width).astype(np.int32), node_offsets=node_offsets, alias=alias.astype(np.int32),
       pos_offsets=offsets, senders=senders.astype(np.int32), receivers=receivers.astype(np.int32),
       w_in=(1.0 / indeg[g_recv]).astype(np.float32), w_out=(1.0 / outdeg[g_send]).astype(np.float32),
-      edge_offsets=edge_offsets, targets=np.asarray(split.targets, np.int32))
+      reverse=reverse, edge_offsets=edge_offsets, targets=np.asarray(split.targets, np.int32))
 
 
 def _round_up(x: float, multiple: int = 8) -> int:
@@ -163,8 +171,8 @@ def _padded(values: np.ndarray, size: int, fill=0, dtype=np.int32) -> np.ndarray
   return out
 
 
-def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
-         side: Optional[np.ndarray] = None) -> SessionBatch:
+def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget, side: Optional[np.ndarray] = None,
+         node_tables: Optional[Mapping[str, np.ndarray]] = None) -> SessionBatch:
   """Packs the samples `index` (which must fit, see `take_fitting`) into one fixed-shape batch (numpy).
 
   Args:
@@ -172,6 +180,7 @@ def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
     index: sample rows, at most budget.sessions of them.
     budget: static shapes.
     side: optional per-sample array [S, ...] (e.g. intents); gathered into `intents` [G, ...], zeros for empty slots.
+    node_tables: optional per-item tables {name: [n + 1, ...]}; row `item` of each node goes into `extra[name]`.
   """
   index = np.asarray(index, np.int64)
   b, g_pad = len(index), budget.graphs - 1
@@ -193,6 +202,7 @@ def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
   receivers = _padded(graphs.receivers[edge_pos] + edge_base, budget.edges, pad_node)
   w_in = _padded(graphs.w_in[edge_pos], budget.edges, dtype=np.float32)
   w_out = _padded(graphs.w_out[edge_pos], budget.edges, dtype=np.float32)
+  reverse = _padded(graphs.reverse[edge_pos], budget.edges, False, bool)
 
   pos_node = _padded(graphs.alias[click_pos] + np.repeat(node_base, n_pos), budget.positions, pad_node)
   pos_graph = _padded(np.repeat(np.arange(b), n_pos), budget.positions, g_pad)
@@ -207,10 +217,11 @@ def pack(graphs: SessionGraphs, index: np.ndarray, budget: Budget,
   n_edge_all = _padded(n_edge, budget.graphs)
   n_edge_all[g_pad] = budget.edges - te
   intents = None if side is None else _padded(side[index], budget.graphs, dtype=np.float32)
-  graph = jraph.GraphsTuple(nodes={"item": items}, edges={"w_in": w_in, "w_out": w_out}, senders=senders,
-                            receivers=receivers, n_node=n_node_all, n_edge=n_edge_all, globals=None)
+  extra = None if node_tables is None else {k: np.asarray(v)[items] for k, v in node_tables.items()}
+  graph = jraph.GraphsTuple(nodes={"item": items}, edges={"w_in": w_in, "w_out": w_out, "reverse": reverse},
+                            senders=senders, receivers=receivers, n_node=n_node_all, n_edge=n_edge_all, globals=None)
   return SessionBatch(graph=graph, pos_node=pos_node, pos_graph=pos_graph, pos_mask=pos_mask, last_node=last_node,
-                      targets=targets, graph_mask=graph_mask, sample_index=sample_index, intents=intents)
+                      targets=targets, graph_mask=graph_mask, sample_index=sample_index, intents=intents, extra=extra)
 
 
 def stack(batches: list[SessionBatch]) -> SessionBatch:
@@ -219,7 +230,8 @@ def stack(batches: list[SessionBatch]) -> SessionBatch:
 
 
 def iterate_batches(graphs: SessionGraphs, order: np.ndarray, budget: Budget, num_devices: int = 1,
-                    side: Optional[np.ndarray] = None) -> Iterator[tuple[SessionBatch, int]]:
+                    side: Optional[np.ndarray] = None, node_tables: Optional[Mapping[str, np.ndarray]] = None
+                    ) -> Iterator[tuple[SessionBatch, int]]:
   """Yields (batch stacked over devices [D, ...], number of real sessions) covering `order` exactly once.
 
   Each device batch takes up to budget.sessions samples that fit its budgets; the last step may hold empty batches.
@@ -230,7 +242,7 @@ def iterate_batches(graphs: SessionGraphs, order: np.ndarray, budget: Budget, nu
     per_device, real = [], 0
     for _ in range(num_devices):
       take = take_fitting(graphs, order[start:], budget) if start < len(order) else 0
-      per_device.append(pack(graphs, order[start:start + take], budget, side))
+      per_device.append(pack(graphs, order[start:start + take], budget, side, node_tables))
       start += take
       real += take
     yield stack(per_device), real

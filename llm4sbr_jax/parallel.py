@@ -6,6 +6,9 @@ per-device gradients is exactly the gradient of the global-batch loss, whatever 
 (uniformity) use `sum / stop_gradient(global_sum)`, whose gradient summed over devices is that of `log(global mean)`.
 Parameters are replicated; the batch carries a leading device axis [D, ...].
 
+Randomness (dropout): every step's key is `fold_in(PRNGKey(seed), step)`, the same on every device; backbones draw
+per-sample masks from it (keyed by the sample's row), so a step is the same for any number of devices.
+
 Optimiser: torch `Adam(weight_decay=wd)` semantics (coupled L2: decayed weights added to the gradient before Adam),
 the learning rate passed to every step so the epoch schedule needs no recompilation.
 """
@@ -27,8 +30,8 @@ MAX_IN_FLIGHT = 2  # dispatched but unfinished steps per Runner
 # Number of times each step function was traced (a test asserts one compile per run).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
-# terms(params, batch, train) -> (scores [G, n], {name: (sum, count)}); spec: {name: (weight, is_log_mean)}.
-TermsFn = Callable[[Any, Any, bool], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
+# terms(params, batch, train, rng) -> (scores [G, n], {name: (sum, count)}); spec: {name: (weight, is_log_mean)}.
+TermsFn = Callable[[Any, Any, bool, Any], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
 
 
 class TrainState(NamedTuple):
@@ -65,13 +68,14 @@ def _objective_and_report(terms, spec):
 
 
 def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms_fn: TermsFn,
-                          spec: Mapping[str, tuple[float, bool]], tx: optax.GradientTransformation
+                          spec: Mapping[str, tuple[float, bool]], tx: optax.GradientTransformation, seed: int = 0
                           ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's shard; gradients and reports are summed over AXIS."""
   TRACE_COUNTS["train"] += 1
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
   def objective(params):
-    _, terms = terms_fn(params, batch, True)
+    _, terms = terms_fn(params, batch, True, rng)
     return _objective_and_report(terms, spec)
 
   grads, report = jax.grad(objective, has_aux=True)(state.params)
@@ -85,7 +89,7 @@ def per_device_eval_step(params: Any, batch: Any, *, terms_fn: TermsFn,
                          metrics_fn: Callable[[jax.Array, Any], dict[str, jax.Array]]) -> dict[str, jax.Array]:
   """Metric sums of this device's shard, summed over AXIS."""
   TRACE_COUNTS["eval"] += 1
-  scores, _ = terms_fn(params, batch, False)
+  scores, _ = terms_fn(params, batch, False, None)
   return jax.lax.psum(metrics_fn(scores, batch), AXIS)
 
 
@@ -93,13 +97,13 @@ class Runner:
   """Compiles the per-device steps for `mode` ('shard_map' or 'pmap') over all local devices."""
 
   def __init__(self, mode: str, terms_fn: TermsFn, spec: Mapping[str, tuple[float, bool]],
-               tx: optax.GradientTransformation, metrics_fn, devices=None):
+               tx: optax.GradientTransformation, metrics_fn, devices=None, seed: int = 0):
     self.devices = list(devices if devices is not None else jax.local_devices())
     self.num_devices = len(self.devices)
     self.mode = mode
     self._in_flight: collections.deque = collections.deque()
     self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
-    train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx)
+    train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx, seed=seed)
     evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn)
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
     self._replicated = NamedSharding(self.mesh, P())

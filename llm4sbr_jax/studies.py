@@ -1,4 +1,5 @@
-"""The paper's experiments as variant sweeps: Table 2 pair, Figure 4 ablation, Figure 5 f sweep.
+"""The paper's experiments as variant sweeps: Table 2 (every backbone bare and inside LLM4SBR), Figure 4 ablation,
+Figure 5 f sweep (both on `config.backbone`).
 
 A study is a base config plus named variants (config overrides). Each variant trains in its own sub-workdir named
 after its overrides (a rerun resumes or skips finished variants, and studies sharing a workdir share identical
@@ -16,6 +17,7 @@ import os
 from typing import Any, Callable
 
 from llm4sbr_jax import plotting, report, train
+from llm4sbr_jax.models import registry
 
 # The paper's columns ("P@K" is HR@K).
 PAPER_COLUMNS = ("hr@5", "hr@10", "hr@20", "mrr@5", "mrr@10", "mrr@20")
@@ -25,20 +27,38 @@ PROTOCOLS = (("selected", "test @ best valid epoch"), ("paper_protocol_best_test
 def variants(study: str, config: Any) -> list[tuple[str, dict[str, Any]]]:
   """(label, overrides) of a study; `config` supplies the values swept (e.g. `config.study_f_values`)."""
   long_short = tuple(config.perspectives)
+  backbone = config.backbone
+  label = registry.get(backbone).label
+  bare = lambda name: {"backbone": name, "llm4sbr": False}
+  wrapped = lambda name, **kw: {"backbone": name, "llm4sbr": True, **kw}
   if study == "table2":
-    return [("SR-GNN", {"model": "srgnn"}), ("LLM4SBR(SR-GNN)", {"model": "llm4sbr"})]
+    return [row for name in config.get("backbones", (backbone,))
+            for row in ((registry.get(name).label, bare(name)), (f"LLM4SBR({registry.get(name).label})",
+                                                                 wrapped(name)))]
   if study == "demo":
-    return [("SR-GNN", {"model": "srgnn"}),
-            ("LLM4SBR(SR-GNN), LLM intents", {"model": "llm4sbr", "intents.source": "llm"}),
-            ("LLM4SBR(SR-GNN), item-text intents", {"model": "llm4sbr", "intents.source": "item_text"})]
+    return [(label, bare(backbone)),
+            (f"LLM4SBR({label}), LLM intents", wrapped(backbone, **{"intents.source": "llm"})),
+            (f"LLM4SBR({label}), item-text intents", wrapped(backbone, **{"intents.source": "item_text"}))]
   if study == "ablation":
-    keep = lambda drop: {"model": "llm4sbr",
-                         "perspectives": tuple(p for p in long_short if p != drop),
-                         "pairing": tuple(q for p, q in zip(long_short, config.pairing) if p != drop)}
-    return [("whole", {"model": "llm4sbr"}), ("w/o long", keep("long-term")), ("w/o short", keep("short-term"))]
+    keep = lambda drop: wrapped(backbone, perspectives=tuple(p for p in long_short if p != drop),
+                                pairing=tuple(q for p, q in zip(long_short, config.pairing) if p != drop))
+    return [("whole", wrapped(backbone)), ("w/o long", keep("long-term")), ("w/o short", keep("short-term"))]
   if study == "fsweep":
-    return [(f"f={f}", {"model": "llm4sbr", "intents.f": int(f)}) for f in config.study_f_values]
+    return [(f"f={f}", wrapped(backbone, **{"intents.f": int(f)})) for f in config.study_f_values]
   raise ValueError(f"unknown study {study!r}; expected table2, ablation, fsweep or demo")
+
+
+def baselines(study: str, config: Any) -> dict[str, str]:
+  """{variant label: label of the bare backbone it improves on} for the studies that report improvements."""
+  if study not in ("table2", "demo"):
+    return {}
+  out, base = {}, None
+  for label, overrides in variants(study, config):
+    if overrides["llm4sbr"]:
+      out[label] = base
+    else:
+      base = label
+  return out
 
 
 def variant_config(config: Any, overrides: dict[str, Any]) -> Any:
@@ -66,7 +86,7 @@ def run_study(study: str, config: Any, workdir: str,
   results = {}
   for label, overrides in variants(study, config):
     results[label] = run(variant_config(config, overrides), os.path.join(workdir, variant_dir(overrides)))
-  write_outputs(study, results, workdir)
+  write_outputs(study, results, workdir, baselines(study, config))
   return results
 
 
@@ -75,19 +95,23 @@ def _rows(results: dict[str, Any], key: str) -> list[tuple[str, dict[str, float]
           if key in r]
 
 
-def write_outputs(study: str, results: dict[str, Any], workdir: str) -> str:
-  """`<study>.md`, `<study>.csv`, `<study>.png` from the variants' results; returns the markdown."""
+def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict[str, str] | None = None) -> str:
+  """`<study>.md`, `<study>.csv`, `<study>.png` from the variants' results; returns the markdown.
+
+  `bases` maps a variant to the bare-backbone variant its improvement % is computed against.
+  """
   sections, csv_rows = [], []
   for key, title in PROTOCOLS:
     rows = _rows(results, key)
     if not rows:
       continue
     md = report.markdown_table(rows, PAPER_COLUMNS)
-    if study in ("table2", "demo"):  # improvement of every variant over the first (the bare backbone)
-      base = rows[0][1]
-      for label, m in rows[1:]:
+    found = dict(rows)
+    for label, base_label in (bases or {}).items():
+      if label in found and base_label in found:
+        m, base = found[label], found[base_label]
         gain = [f"{100.0 * (m[c] - base[c]) / base[c]:+.2f}" if base[c] > 0 else "n/a" for c in PAPER_COLUMNS]
-        md += f"\n| improvement % ({label}) | " + " | ".join(gain) + " |"
+        md += f"\n| improvement % ({label} vs {base_label}) | " + " | ".join(gain) + " |"
     sections.append(f"**{title}** (HR@K is the paper's P@K; percent)\n\n{md}")
     csv_rows += [{"protocol": key, "variant": label, **{c: m[c] for c in PAPER_COLUMNS}} for label, m in rows]
   text = f"## {study}\n\n" + "\n\n".join(sections) + "\n"

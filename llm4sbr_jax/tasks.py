@@ -1,15 +1,17 @@
 """Model + loss terms (+ per-sample side data) for a config: what the generic training loop optimises.
 
-A task exposes `init(rng, batch) -> params` and `terms(params, batch, train) -> (scores [G, n], {name: (sum, count)})`
-with a `spec` {name: (weight, is_log_mean)} telling the parallel step how to combine the terms over devices, and
-per-sample side data (LLM4SBR's intent embeddings, gathered into every batch's `intents`): `side_shape` is one
-sample's row shape, known up front so the steps compile before `load_side()` reads the per-split arrays [N, ...].
+A task exposes `init(rng, batch) -> params` and `terms(params, batch, train, rng) -> (scores [G, n], {name: (sum,
+count)})` with a `spec` {name: (weight, is_log_mean)} telling the parallel step how to combine the terms over
+devices; `rng` is the step's key (dropout), None at evaluation. Per-sample side data (LLM4SBR's intent embeddings,
+gathered into every batch's `intents`): `side_shape` is one sample's row shape, known up front so the steps compile
+before `load_side()` reads the per-split arrays [N, ...]. `node_tables` are the backbone's per-item tables that every
+batch carries for its nodes (GCE-GNN's global neighbours).
 
-Models:
-  * `srgnn`: the bare SR-GNN (CE loss).
-  * `llm4sbr`: LLM4SBR around SR-GNN: `CE + tau * sum_p [align_p + (unif(h_p) + unif(s_p)) / 2]` (eq. 12), intents
-    from `config.intents.source`: `llm` (stage-1 answers localized with top-`f`) or `item_text` (the LLM-free
-    baseline from the item-name embeddings; perspectives `long-term` = mean of the prefix items, `short-term` = last).
+Models: `config.backbone` names a registered backbone (`models/registry.py`), and `config.llm4sbr` chooses
+  * False: the bare backbone (CE loss);
+  * True: LLM4SBR around it: `CE + tau * sum_p [align_p + (unif(h_p) + unif(s_p)) / 2]` (eq. 12), intents from
+    `config.intents.source`: `llm` (stage-1 answers localized with top-`f`) or `item_text` (the LLM-free baseline
+    from the item-name embeddings; perspectives `long-term` = mean of the prefix items, `short-term` = last).
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ import numpy as np
 from llm4sbr_jax import intents as intents_lib
 from llm4sbr_jax.dataset import ProcessedDataset
 from llm4sbr_jax.models import llm4sbr as llm4sbr_lib
-from llm4sbr_jax.models.srgnn import SRGNN, SRGNNRecommender
+from llm4sbr_jax.models import registry
+from llm4sbr_jax.models.base import Recommender
 
 @dataclasses.dataclass(frozen=True)
 class Task:
   init: Callable[[jax.Array, Any], Any]
-  terms: Callable[[Any, Any, bool], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
+  terms: Callable[[Any, Any, bool, Any], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
   spec: Mapping[str, tuple[float, bool]]
   side_shape: Optional[tuple[int, ...]] = None
   load_side: Optional[Callable[[], Mapping[str, np.ndarray]]] = None
+  node_tables: Optional[Mapping[str, np.ndarray]] = None
 
 
 def _check_source(source: str) -> None:
@@ -53,45 +57,49 @@ def intent_arrays(config: Any, dataset: ProcessedDataset) -> dict[str, np.ndarra
                                            verify=False) for k in splits}
 
 
-def build_task(config: Any, dataset: ProcessedDataset) -> Task:
-  """The task named by `config.model`."""
-  num_items = dataset.num_items
-  if config.model == "srgnn":
-    model = SRGNNRecommender(num_items=num_items, hidden=config.hidden, steps=config.gnn_steps)
+def _rngs(rng: Optional[jax.Array]) -> dict[str, jax.Array]:
+  return {} if rng is None else {"dropout": rng}
 
-    def terms(params, batch, train):
-      scores = model.apply(params, batch, train=train)  # [G, n]
+
+def build_task(config: Any, dataset: ProcessedDataset) -> Task:
+  """The bare backbone `config.backbone`, or LLM4SBR around it when `config.llm4sbr`."""
+  spec = registry.get(config.backbone)
+  backbone = spec.build(config, dataset)
+  tables = dict(spec.node_tables(config, dataset)) if spec.node_tables else None
+  if not config.llm4sbr:
+    model = Recommender(backbone)
+
+    def terms(params, batch, train, rng=None):
+      scores = model.apply(params, batch, train=train, rngs=_rngs(rng))  # [G, n]
       return scores, {"ce": llm4sbr_lib.cross_entropy(scores, batch.targets, batch.graph_mask)}
 
-    return Task(init=lambda rng, batch: model.init(rng, batch, train=False), terms=terms, spec={"ce": (1.0, False)})
+    return Task(init=lambda rng, batch: model.init(rng, batch, train=False), terms=terms, spec={"ce": (1.0, False)},
+                node_tables=tables)
 
-  if config.model == "llm4sbr":
-    perspectives, pairing = tuple(config.perspectives), tuple(config.pairing)
-    model = llm4sbr_lib.LLM4SBR(backbone=SRGNN(num_items, config.hidden, config.gnn_steps, name="backbone"),
-                                hidden=config.hidden, perspectives=perspectives, pairing=pairing,
-                                fusion=config.fusion)
-    paired = [p for p, q in zip(perspectives, pairing) if q != "none"]
-    spec = {"ce": (1.0, False)}
-    for p in paired:
-      spec.update({f"align/{p}": (config.tau, False), f"uniform_intent/{p}": (config.tau / 2, True),
-                   f"uniform_session/{p}": (config.tau / 2, True)})
+  perspectives, pairing = tuple(config.perspectives), tuple(config.pairing)
+  model = llm4sbr_lib.LLM4SBR(backbone=backbone, hidden=config.hidden, perspectives=perspectives, pairing=pairing,
+                              fusion=config.fusion)
+  paired = [p for p, q in zip(perspectives, pairing) if q != "none"]
+  spec = {"ce": (1.0, False)}
+  for p in paired:
+    spec.update({f"align/{p}": (config.tau, False), f"uniform_intent/{p}": (config.tau / 2, True),
+                 f"uniform_session/{p}": (config.tau / 2, True)})
 
-    def terms(params, batch, train):
-      out = model.apply(params, batch, batch.intents, train=train)
-      t = llm4sbr_lib.loss_terms(out, batch.targets, batch.graph_mask)
-      named = {"ce": (t.ce_sum, t.count)}
-      for q, p in enumerate(paired):
-        named.update({f"align/{p}": (t.align_sum[q], t.count), f"uniform_intent/{p}": (t.unif_intent_sum[q], t.n_pairs),
-                      f"uniform_session/{p}": (t.unif_session_sum[q], t.n_pairs)})
-      return out.scores, named
+  def terms(params, batch, train, rng=None):
+    out = model.apply(params, batch, batch.intents, train=train, rngs=_rngs(rng))
+    t = llm4sbr_lib.loss_terms(out, batch.targets, batch.graph_mask)
+    named = {"ce": (t.ce_sum, t.count)}
+    for q, p in enumerate(paired):
+      named.update({f"align/{p}": (t.align_sum[q], t.count), f"uniform_intent/{p}": (t.unif_intent_sum[q], t.n_pairs),
+                    f"uniform_session/{p}": (t.unif_session_sum[q], t.n_pairs)})
+    return out.scores, named
 
-    side = {}
-    if perspectives:  # source and manifest (fingerprint, dim) are checked now; the arrays load later
-      _check_source(config.intents.source)
-      stage1 = intents_lib.open_stage1(config.intents.stage1_dir, dataset, verify=False)
-      if config.intents.source == "llm":
-        stage1.check_perspectives(perspectives)
-      side = dict(side_shape=(len(perspectives), stage1.dim), load_side=lambda: intent_arrays(config, dataset))
-    return Task(init=lambda rng, batch: model.init(rng, batch, batch.intents, train=False), terms=terms, spec=spec,
-                **side)
-  raise ValueError(f"config.model: unknown model {config.model!r}; expected 'srgnn' or 'llm4sbr'")
+  side = {}
+  if perspectives:  # source and manifest (fingerprint, dim) are checked now; the arrays load later
+    _check_source(config.intents.source)
+    stage1 = intents_lib.open_stage1(config.intents.stage1_dir, dataset, verify=False)
+    if config.intents.source == "llm":
+      stage1.check_perspectives(perspectives)
+    side = dict(side_shape=(len(perspectives), stage1.dim), load_side=lambda: intent_arrays(config, dataset))
+  return Task(init=lambda rng, batch: model.init(rng, batch, batch.intents, train=False), terms=terms, spec=spec,
+              node_tables=tables, **side)

@@ -22,12 +22,19 @@ from llm4sbr_jax import dataset as dataset_lib
 from llm4sbr_jax import graphs as graphs_lib
 from llm4sbr_jax import metrics as metrics_lib
 from llm4sbr_jax import hostmem, parallel, plotting, tasks
+from llm4sbr_jax.models import registry
 
 log = logging.getLogger(__name__)
 
 SELECTION_NOTE = "test metrics at the epoch with the best validation {metric}"
 PAPER_NOTE = ("paper protocol: each metric's best value over epochs on the TEST split, chosen separately "
               "(as the official SR-GNN / LLM4SBR code reports); optimistic, not a model-selection result")
+
+
+def model_label(config: Any) -> str:
+  """"SR-GNN" or "LLM4SBR(SR-GNN)" for a config."""
+  label = registry.get(config.backbone).label
+  return f"LLM4SBR({label})" if config.llm4sbr else label
 
 
 def learning_rate(config: Any, epoch: int) -> float:
@@ -62,11 +69,12 @@ class Experiment:
                                             config.budget_std)
     self.tx = parallel.make_optimizer(config.weight_decay)
     self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx,
-                                  metrics_lib.batch_metric_sums, devices)
+                                  metrics_lib.batch_metric_sums, devices, seed=config.seed)
     t = time.perf_counter()
     template_side = None if self.task.side_shape is None else np.zeros((1,) + self.task.side_shape, np.float32)
     self._template, _ = next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), self.budget,
-                                                        self.runner.num_devices, template_side))
+                                                        self.runner.num_devices, template_side,
+                                                        self.task.node_tables))
     self._init = jax.jit(self.task.init)
     self.runner.compile(self.runner.replicate(self.init_state()), self._template)
     self.compile_seconds = time.perf_counter() - t
@@ -78,7 +86,7 @@ class Experiment:
 
   def batches(self, split: str, order: np.ndarray):
     return graphs_lib.iterate_batches(self.graphs[split], order, self.budget, self.runner.num_devices,
-                                      self.side.get(split))
+                                      self.side.get(split), self.task.node_tables)
 
   def init_state(self) -> parallel.TrainState:
     """Fresh parameters and optimiser state (host copy: the device state gets donated)."""
@@ -188,13 +196,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     epoch += 1
   manager.close()
   results = summarize(history, config.select_metric)
-  results.update({"dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": config.model,
+  results.update({"dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": model_label(config),
                   "selection_split": select_split, "stopped_early": meta["bad_epochs"] >= config.patience,
                   "setup_seconds": setup_seconds, "peak_rss_mb": hostmem.peak_rss_mb(),
                   "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  plotting.plot_curves(history, os.path.join(workdir, "curves.png"), title=f"{config.model} on {exp.dataset.name}")
+  plotting.plot_curves(history, os.path.join(workdir, "curves.png"), title=f"{model_label(config)} on {exp.dataset.name}")
   return results
 
 

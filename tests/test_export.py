@@ -27,7 +27,7 @@ def _read(path):
 def test_export_round_trip_matches_the_splits(tmp_path):
   ds = _dataset(valid_size=0.1)
   paths = export.export_srgnn(ds, str(tmp_path))
-  assert [Path(p).name for p in paths] == ["train.txt", "valid.txt", "test.txt"]
+  assert [Path(p).name for p in paths] == ["train.txt", "valid.txt", "test.txt", "all_train_seq.txt"]
   for name in dataset.SPLITS:
     seqs, labels = _read(tmp_path / f"{name}.txt")
     split = ds.splits[name]
@@ -42,8 +42,23 @@ def test_export_round_trip_matches_the_splits(tmp_path):
 def test_empty_valid_is_not_written_and_stale_valid_removed(tmp_path):
   export.export_srgnn(_dataset(valid_size=0.1), str(tmp_path))
   paths = export.export_srgnn(_dataset(valid_size=0), str(tmp_path))
-  assert sorted(Path(p).name for p in paths) == ["test.txt", "train.txt"]
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["test.txt", "train.txt"]
+  assert sorted(Path(p).name for p in paths) == ["all_train_seq.txt", "test.txt", "train.txt"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["all_train_seq.txt", "test.txt", "train.txt"]
+
+
+def test_all_train_seq_is_one_full_training_sequence_per_session(tmp_path):
+  ds = _dataset(valid_size=0)
+  export.export_srgnn(ds, str(tmp_path))
+  seqs = _read(tmp_path / "all_train_seq.txt")
+  train = ds.splits["train"]
+  assert len(seqs) == len(np.unique(train.sessions))
+  longest = {}
+  for i in range(len(train)):  # the longest training sample of each session, plus its target
+    s = int(train.sessions[i])
+    if s not in longest or len(train.prefix(i)) > len(longest[s]) - 1:
+      longest[s] = train.prefix(i).tolist() + [int(train.targets[i])]
+  assert sorted(seqs) == sorted(longest.values())
+  assert all(type(x) is int for seq in seqs for x in seq)
 
 
 def test_library_and_launchers_never_load_pickle():

@@ -10,7 +10,7 @@ import pytest
 from flax import traverse_util
 
 from llm4sbr_jax.models import llm4sbr as L
-from llm4sbr_jax.models.base import BackboneOutput, HybridHead, score, uniform_init
+from llm4sbr_jax.models.base import BackboneOutput, HybridHead, Recommender, score, uniform_init
 
 D, D_TEXT, N_ITEMS, G, SEQ = 8, 12, 20, 6, 4
 
@@ -21,10 +21,11 @@ class DummyBackbone(nn.Module):
   hidden: int = D
 
   @nn.compact
-  def __call__(self, batch, train: bool = False) -> BackboneOutput:
+  def __call__(self, batch, train: bool = False, head: bool = True) -> BackboneOutput:
     table = self.param("embedding", uniform_init(self.hidden), (N_ITEMS + 1, self.hidden))  # [n + 1, d]
     h = table[batch["items"]]  # [G, SEQ, d]
-    return BackboneOutput(local=h[:, -1], global_=jnp.mean(h, axis=1), items=table)
+    out = BackboneOutput(local=h[:, -1], global_=jnp.mean(h, axis=1), items=table)
+    return out._replace(session=HybridHead(self.hidden, name="head")(out)) if head else out
 
 
 def _batch(seed=0, g=G):
@@ -63,7 +64,7 @@ def test_fused_loss_equals_separate_terms():
   # Official pairing: long-term <-> global, short-term <-> local.
   pairs = [(r(out.intents[:, 0]), r(out.paired_sessions[:, 0])), (r(out.intents[:, 1]), r(out.paired_sessions[:, 1]))]
   np.testing.assert_allclose(r(out.paired_sessions[:, 0]), r(model.apply(
-      {"params": params}, batch, intents, method=lambda mdl, b, e: mdl.backbone(b).global_)), rtol=1e-6)
+      {"params": params}, batch, intents, method=lambda mdl, b, e: mdl.backbone(b, head=False).global_)), rtol=1e-6)
   aux = 0.0
   for x, y in pairs:
     aux += _ref_align(x, y) + 0.5 * (_ref_unif(x) + _ref_unif(y))
@@ -181,7 +182,8 @@ def test_concat_fusion_width_follows_perspectives(num_p):
   assert out.scores.shape == (G, N_ITEMS)
   if num_p == 0:
     # Degenerates to the bare backbone + SR-GNN's hybrid head (with bias).
-    assert set(params) == {"backbone/embedding", "head/linear_transform/kernel", "head/linear_transform/bias"}
+    assert set(params) == {"backbone/embedding", "backbone/head/linear_transform/kernel",
+                           "backbone/head/linear_transform/bias"}
     loss, metrics = L.llm4sbr_loss(out, targets, mask)
     np.testing.assert_allclose(float(loss), float(metrics["ce"]))
   else:
@@ -194,10 +196,10 @@ def test_bare_backbone_head_equals_p0_model():
   model = _model(perspectives=(), pairing=())
   variables = model.init(jax.random.PRNGKey(1), batch, None)
   out = model.apply(variables, batch, None)
-  p = variables["params"]
-  bb = DummyBackbone().apply({"params": p["backbone"]}, batch)
-  session = HybridHead(D).apply({"params": p["head"]}, bb)
-  np.testing.assert_allclose(np.asarray(out.scores), np.asarray(score(session, bb.items)), rtol=1e-6)
+  bare = Recommender(DummyBackbone(name="backbone"))
+  np.testing.assert_allclose(np.asarray(out.scores), np.asarray(bare.apply(variables, batch)), rtol=1e-6)
+  bb = DummyBackbone().apply({"params": variables["params"]["backbone"]}, batch)
+  np.testing.assert_allclose(np.asarray(out.scores), np.asarray(score(bb.session, bb)), rtol=1e-6)
 
 
 def test_gate_variant_runs_and_differs():

@@ -1,4 +1,5 @@
-"""Data parallelism on 4 fake CPU devices: shard_map and pmap steps equal the single-device step; one trace."""
+"""Data parallelism on 4 fake CPU devices: shard_map and pmap steps equal the single-device step for every backbone
+(GCE-GNN with its dropout on); one trace."""
 
 import jax
 import numpy as np
@@ -10,18 +11,22 @@ from llm4sbr_jax import graphs, metrics, parallel, synthetic, tasks
 NUM_ITEMS, HIDDEN = 80, 32
 
 
-@pytest.fixture(scope="module")
-def setup():
+def _setup(backbone):
   assert jax.local_device_count() == 4, "conftest sets 4 fake CPU devices"
   ds = synthetic.make_dataset(NUM_ITEMS, 600, 5.0, 20, seed=0)
   sg = graphs.build_session_graphs(ds.splits["train"])
   config = default.get_config()
-  config.hidden = HIDDEN
-  task = tasks.build_task(config, ds)  # the bare SR-GNN
+  config.hidden, config.backbone = HIDDEN, backbone
+  task = tasks.build_task(config, ds)  # the bare backbone
   budget1 = graphs.compute_budget(sg, 40)
-  first, _ = next(graphs.iterate_batches(sg, np.arange(40), budget1))
+  first, _ = next(graphs.iterate_batches(sg, np.arange(40), budget1, node_tables=task.node_tables))
   params = jax.device_get(task.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(lambda x: x[0], first)))
   return sg, task, params
+
+
+@pytest.fixture(scope="module")
+def setup():
+  return _setup("srgnn")
 
 
 def _run(setup, mode, devices, steps=1):
@@ -31,7 +36,8 @@ def _run(setup, mode, devices, steps=1):
   budget = graphs.compute_budget(sg, 40 // len(devices), num_std=6.0)
   state = runner.replicate(parallel.init_state(params, tx))
   reports, evals = [], []
-  for i, (batch, real) in enumerate(graphs.iterate_batches(sg, np.arange(40 * steps), budget, len(devices))):
+  for i, (batch, real) in enumerate(graphs.iterate_batches(sg, np.arange(40 * steps), budget, len(devices),
+                                                           node_tables=task.node_tables)):
     assert real == 40  # the budget is loose enough that every device batch is full
     evals.append(jax.device_get(runner.eval_step(state.params, batch)))
     state, report = runner.train_step(state, batch, 1e-3)
@@ -39,10 +45,12 @@ def _run(setup, mode, devices, steps=1):
   return runner.unreplicate(state.params), reports, evals
 
 
-@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
-def test_four_device_step_equals_single_device_step(setup, mode):
-  single, loss1, eval1 = _run(setup, "shard_map", jax.local_devices()[:1])
-  multi, loss4, eval4 = _run(setup, mode, jax.local_devices())
+@pytest.mark.parametrize("mode,backbone", [("shard_map", "srgnn"), ("pmap", "srgnn"), ("shard_map", "tagnn"),
+                                           ("shard_map", "gcegnn")])
+def test_four_device_step_equals_single_device_step(mode, backbone):
+  setup = _setup(backbone)
+  single, loss1, eval1 = _run(setup, "shard_map", jax.local_devices()[:1], steps=2)
+  multi, loss4, eval4 = _run(setup, mode, jax.local_devices(), steps=2)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   for k in eval1[0]:
     np.testing.assert_allclose(eval4[0][k], eval1[0][k], rtol=1e-5, atol=1e-5)
@@ -52,10 +60,10 @@ def test_four_device_step_equals_single_device_step(setup, mode):
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-4  # the step really updated the parameters
 
 
-@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
-def test_step_is_traced_once_across_batches(setup, mode):
+@pytest.mark.parametrize("mode,backbone", [("shard_map", "srgnn"), ("pmap", "srgnn"), ("shard_map", "gcegnn")])
+def test_step_is_traced_once_across_batches(mode, backbone):
   parallel.TRACE_COUNTS.clear()
-  _, losses, _ = _run(setup, mode, jax.local_devices(), steps=4)
+  _, losses, _ = _run(_setup(backbone), mode, jax.local_devices(), steps=4)
   assert len(losses) == 4
   assert parallel.TRACE_COUNTS["train"] == 1 and parallel.TRACE_COUNTS["eval"] == 1
 

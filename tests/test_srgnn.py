@@ -1,65 +1,44 @@
 """SR-GNN: parity with a PyTorch forward written from the reference equations, and padding invariance."""
 
-import gzip
-import json
-
 import jax
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import assert_torch_scores, beauty_prefixes, torch_grad_parity
 from llm4sbr_jax import graphs, synthetic
-from llm4sbr_jax.dataset import Split
-from llm4sbr_jax.models.srgnn import SRGNNRecommender
+from llm4sbr_jax.models.base import Recommender
+from llm4sbr_jax.models.llm4sbr import cross_entropy
+from llm4sbr_jax.models.srgnn import SRGNN
 
 
-def _beauty_sessions(limit=64):
-  """The first `limit` prefix samples of real Beauty users (raw ids remapped on the fly)."""
-  path = SHARED_DATA / "beauty" / "reviews_Beauty_5.json.gz"
-  if not path.exists():
-    pytest.skip("../shared/data/beauty is absent")
-  users, ids = {}, {}
-  with gzip.open(path, "rt") as f:
-    for line in f:
-      r = json.loads(line)
-      users.setdefault(r["reviewerID"], []).append(ids.setdefault(r["asin"], len(ids) + 1))
-      if len(users) > 40:
-        break
-  prefixes, targets = [], []
-  for seq in users.values():
-    for i in range(1, len(seq)):
-      prefixes.append(seq[:i])
-      targets.append(seq[i])
-  prefixes, targets = prefixes[:limit], targets[:limit]
-  return Split.from_prefixes(prefixes, targets, np.zeros(len(targets)), np.zeros(len(targets))), len(ids)
-
-
-def test_scores_match_pytorch_reference_on_real_sessions():
+def test_scores_and_gradients_match_pytorch_reference_on_real_sessions():
   torch = pytest.importorskip("torch")
   torch.set_num_threads(1)
   from experiments.torch_srgnn import TorchSRGNN, load_flax_params, reference_batch
-  split, num_items = _beauty_sessions()
+  split, num_items = beauty_prefixes()
   sg = graphs.build_session_graphs(split)
   budget = graphs.compute_budget(sg, len(split))
   batch = graphs.pack(sg, np.arange(len(split)), budget)
-  model = SRGNNRecommender(num_items=num_items, hidden=100)
+  model = Recommender(SRGNN(num_items=num_items, hidden=100, name="backbone"))
   params = model.init(jax.random.PRNGKey(0), batch)
   scores = np.asarray(model.apply(params, batch))[:len(split)]
   ref = TorchSRGNN(num_items + 1, 100)
   load_flax_params(ref, params)
-  prefixes = [split.prefix(i).tolist() for i in range(len(split))]
-  with torch.no_grad():
-    expected = ref(reference_batch(prefixes, max(map(len, prefixes)))).numpy()
-  assert scores.shape == expected.shape
-  assert np.max(np.abs(scores - expected)) < 1e-4
-  assert np.std(expected) > 1e-3  # a meaningful comparison, not all zeros
+  ref_batch = assert_torch_scores(ref, reference_batch, split, scores)
+
+  def loss(p):
+    s, c = cross_entropy(model.apply(p, batch), batch.targets, batch.graph_mask)
+    return s / c
+
+  assert torch_grad_parity(ref, ref_batch, jax.grad(loss)(params), np.asarray(split.targets), load_flax_params,
+                           TorchSRGNN(num_items + 1, 100)) < 1e-4
 
 
 def test_padding_content_and_budget_do_not_change_scores():
   ds = synthetic.make_dataset(50, 200, 4.0, 12, seed=1)
   split = ds.splits["train"]
   sg = graphs.build_session_graphs(split)
-  model = SRGNNRecommender(num_items=50, hidden=16)
+  model = Recommender(SRGNN(num_items=50, hidden=16, name="backbone"))
   small = graphs.pack(sg, np.arange(8), graphs.compute_budget(sg, 8))
   large = graphs.pack(sg, np.arange(8), graphs.compute_budget(sg, 30))
   params = model.init(jax.random.PRNGKey(0), small)
@@ -75,7 +54,7 @@ def test_padding_content_and_budget_do_not_change_scores():
 def test_init_is_uniform_in_reference_bounds():
   ds = synthetic.make_dataset(30, 50, 3.0, 6, seed=0)
   sg = graphs.build_session_graphs(ds.splits["train"])
-  params = SRGNNRecommender(num_items=30, hidden=25).init(jax.random.PRNGKey(0),
+  params = Recommender(SRGNN(num_items=30, hidden=25, name="backbone")).init(jax.random.PRNGKey(0),
                                                           graphs.pack(sg, np.arange(4), graphs.compute_budget(sg, 4)))
   leaves = jax.tree_util.tree_leaves(params)
   assert all(np.abs(np.asarray(x)).max() <= 1 / 5 for x in leaves)

@@ -19,25 +19,38 @@ def test_table2_and_ablation_share_the_llm4sbr_run(tmp_path):
 
   def run(config, workdir):
     calls.append(workdir)
-    return _fake_results(10.0 if config.model == "srgnn" else 12.0)
+    base = {"srgnn": 10.0, "tagnn": 20.0, "gcegnn": 40.0}[config.backbone]
+    return _fake_results(base * 1.2 if config.llm4sbr else base)
 
   studies.run_study("table2", table2.get_config(), str(tmp_path), run)
   text = (tmp_path / "table2.md").read_text()
-  assert "improvement % (LLM4SBR(SR-GNN))" in text and "+20.00" in text  # (12 - 10) / 10
+  for label in ("SR-GNN", "TAGNN", "GCE-GNN"):  # each LLM4SBR(X) against its own bare X
+    assert f"improvement % (LLM4SBR({label}) vs {label}) | +20.00 |" in text
   rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
-  assert {r["variant"] for r in rows} == {"SR-GNN", "LLM4SBR(SR-GNN)"} and len(rows) == 4
+  assert {r["variant"] for r in rows} == {"SR-GNN", "LLM4SBR(SR-GNN)", "TAGNN", "LLM4SBR(TAGNN)", "GCE-GNN",
+                                          "LLM4SBR(GCE-GNN)"} and len(rows) == 12
   assert (tmp_path / "table2.png").stat().st_size > 1000
   studies.run_study("ablation", ablation.get_config(), str(tmp_path), run)
   dirs = [p.split("/")[-1] for p in calls]
-  assert dirs.count("model=llm4sbr") == 2  # same directory: the real runner resumes (skips) the finished run
-  assert "model=llm4sbr__pairing=local__perspectives=short-term" in dirs
+  assert dirs.count("backbone=srgnn__llm4sbr=True") == 2  # same directory: the real runner resumes the finished run
+  assert "backbone=srgnn__llm4sbr=True__pairing=local__perspectives=short-term" in dirs
+
+
+def test_ablation_and_fsweep_take_any_backbone():
+  c = ablation.get_config()
+  c.backbone = "gcegnn"
+  assert all(o["backbone"] == "gcegnn" and o["llm4sbr"] for _, o in studies.variants("ablation", c))
+  c.backbone = "dcn"
+  with pytest.raises(ValueError, match="registered: gcegnn, srgnn, tagnn"):
+    studies.variants("fsweep", c)
 
 
 def test_variants_follow_the_config():
   c = fsweep.get_config()
   assert [label for label, _ in studies.variants("fsweep", c)] == ["f=0", "f=1", "f=3", "f=5"]
   v = dict(studies.variants("ablation", ablation.get_config()))
-  assert v["w/o long"] == {"model": "llm4sbr", "perspectives": ("short-term",), "pairing": ("local",)}
+  assert v["w/o long"] == {"backbone": "srgnn", "llm4sbr": True, "perspectives": ("short-term",),
+                           "pairing": ("local",)}
   assert studies.variant_config(c, {"intents.f": 3}).intents.f == 3
   with pytest.raises(ValueError, match="unknown study"):
     studies.variants("table9", c)

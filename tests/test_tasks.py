@@ -8,6 +8,7 @@ import pytest
 from experiments.configs import default
 from llm4sbr_jax import intents, parallel, tasks, train
 from llm4sbr_jax.models import llm4sbr as L
+from llm4sbr_jax.models.srgnn import SRGNN
 from stage1_fixtures import fake_stage1, tiny_dataset
 
 
@@ -21,7 +22,7 @@ def setup(tmp_path_factory):
 
 def _config(root, **kw):
   c = default.get_config()
-  c.dataset_dir, c.model, c.hidden, c.batch_size, c.progress = str(root / "ds"), "llm4sbr", 16, 8, False
+  c.dataset_dir, c.llm4sbr, c.hidden, c.batch_size, c.progress = str(root / "ds"), True, 16, 8, False
   c.intents.source, c.intents.stage1_dir = "item_text", str(root / "stage1")
   c.update(kw)
   return c
@@ -54,7 +55,7 @@ def test_training_step_optimises_the_fused_loss(setup):
   state, report = exp.runner.train_step(exp.runner.replicate(host), batch, 1e-3)
   # The same loss computed directly from the model output and the loss module, over the whole (4-shard) batch,
   # with uniformity pairs formed within each shard as the parallel step does.
-  model = L.LLM4SBR(backbone=tasks.SRGNN(exp.dataset.num_items, 16, 1, name="backbone"), hidden=16)
+  model = L.LLM4SBR(backbone=SRGNN(exp.dataset.num_items, 16, 1, name="backbone"), hidden=16)
 
   def fused(params):
     shards = [jax.tree_util.tree_map(lambda x: x[d], batch) for d in range(4)]
@@ -119,10 +120,10 @@ def test_experiment_compiles_before_loading_the_intents(setup, monkeypatch):
                           jax.device_get(exp.init_state().params))
 
 
-def test_unknown_model_and_source_are_rejected(setup):
+def test_unknown_backbone_and_source_are_rejected(setup):
   ds, root = setup
-  with pytest.raises(ValueError, match="unknown model"):
-    tasks.build_task(_config(root, model="gru4rec"), ds)
+  with pytest.raises(ValueError, match="unknown backbone 'gru4rec'; registered: gcegnn, srgnn, tagnn"):
+    tasks.build_task(_config(root, backbone="gru4rec"), ds)
   c = _config(root)
   c.intents.source = "tweets"
   with pytest.raises(ValueError, match="intents.source"):

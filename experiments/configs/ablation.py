@@ -13,6 +13,6 @@ from experiments.configs import default
 
 def get_config():
   c = default.get_config()
-  c.model = "llm4sbr"
+  c.llm4sbr = True
   c.study = "ablation"
   return c

@@ -1,4 +1,7 @@
-"""SR-GNN with the paper's settings (section 4.1.3) on a processed dataset; LLM4SBR with `--config.model=llm4sbr`.
+"""A backbone (default SR-GNN) with the paper's settings (section 4.1.3) on a processed dataset.
+
+`--config.backbone` picks the backbone (srgnn, tagnn, gcegnn; llm4sbr_jax/models/registry.py) and
+`--config.llm4sbr=True` wraps it in LLM4SBR.
 
 Command:
   python experiments/train.py --config experiments/configs/default.py \
@@ -12,7 +15,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dataset_dir = ""  # a processed dataset dir (experiments/prepare_data.py)
-  c.model = "srgnn"
+  c.backbone = "srgnn"  # a name in llm4sbr_jax/models/registry.py
+  c.llm4sbr = False  # True: LLM4SBR around the backbone
   c.hidden = 100
   c.gnn_steps = 1
   c.batch_size = 100  # global batch, split over the local devices
@@ -28,7 +32,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.budget_std = 4.0  # batch budgets: mean + budget_std * std per batch
   c.max_train_samples = 0  # 0 = all; >0 keeps the first N train samples (quick runs)
   c.progress = True
-  # LLM4SBR (model = "llm4sbr"); ignored by the bare SR-GNN.
+  # Backbone settings (official defaults); each backbone reads its own group.
+  c.tagnn = ml_collections.ConfigDict()
+  c.tagnn.item_chunk = 0  # items per chunk of the target-aware scores (0 = auto: bounded [positions, chunk])
+  c.gcegnn = ml_collections.ConfigDict()
+  c.gcegnn.hop = 1
+  c.gcegnn.sample_num = 12  # global neighbours per item
+  c.gcegnn.epsilon = 3  # global graph: pairs within this distance
+  c.gcegnn.dropout_local = 0.0
+  c.gcegnn.dropout_global = 0.5
+  c.gcegnn.dropout_gcn = 0.0
+  # LLM4SBR (llm4sbr = True); ignored by a bare backbone.
   c.perspectives = ("long-term", "short-term")
   c.pairing = ("global", "local")  # official pairing: long-term <-> global, short-term <-> local
   c.fusion = "concat"  # paper eq. 9; "gate" = the official code

@@ -13,7 +13,7 @@ from experiments.configs import default
 
 def get_config():
   c = default.get_config()
-  c.model = "llm4sbr"
+  c.llm4sbr = True
   c.study = "fsweep"
   c.study_f_values = (0, 1, 3, 5)
   return c

@@ -12,5 +12,5 @@ from experiments.configs import default
 
 def get_config():
   c = default.get_config()
-  c.model = "llm4sbr"
+  c.llm4sbr = True
   return c

@@ -2,18 +2,20 @@
 
 A *backbone* is any linen module with::
 
-    __call__(self, batch, train: bool = False) -> BackboneOutput
+    __call__(self, batch, train: bool = False, head: bool = True) -> BackboneOutput
 
-`batch` is opaque here (the backbone's own padded graph batch); G is the number of graph slots in it, some of which
-are padding (the caller carries a `graph_mask [G] bool` alongside and every reduction masks with it).
-
-A bare backbone is trained with `HybridHead` + `score` (SR-GNN's `linear_transform` and dot-product scoring); the
-LLM4SBR module (`llm4sbr_jax.models.llm4sbr`) replaces the head by its fusion.
+`batch` is opaque here (the packed session-graph batch, `llm4sbr_jax.graphs.SessionBatch`); G is the number of graph
+slots in it, some of which are padding (`batch.graph_mask [G] bool`; every reduction masks with it). With
+`head=True` the backbone also computes its own final session vector (`session`: SR-GNN's hybrid `linear_transform`,
+GCE-GNN's soft-attention readout); the LLM4SBR module calls it with `head=False` and fuses `local` / `global_` with
+the intents instead, so an unused head never creates parameters. A backbone whose scores are not a plain dot
+product with the session vector returns the rest as `extra_scores` (TAGNN's target-aware term), which every head
+adds. `Recommender` is the bare model: `score(session, items) + extra_scores`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -24,14 +26,18 @@ class BackboneOutput(NamedTuple):
   """What a backbone hands to a head.
 
   Attributes:
-    local: [G, d] local session vector (SR-GNN: the last clicked item's node state).
-    global_: [G, d] global session vector (SR-GNN: the attention readout over the session's items).
+    local: [G, d] short-term (last-click) session vector, paired with the short-term intent.
+    global_: [G, d] whole-session vector, paired with the long-term intent.
     items: [n + 1, d] the item table used for scoring; row 0 is padding and is never scored.
+    session: [G, d] the bare backbone's own session vector (None when called with head=False).
+    extra_scores: [G, n] an additive score term independent of the session vector, or None.
   """
 
   local: jax.Array  # [G, d]
   global_: jax.Array  # [G, d]
   items: jax.Array  # [n + 1, d]
+  session: Optional[jax.Array] = None  # [G, d]
+  extra_scores: Optional[jax.Array] = None  # [G, n]
 
 
 def uniform_init(d: int) -> Callable[..., jax.Array]:
@@ -71,14 +77,31 @@ class HybridHead(nn.Module):
     return nn.Dense(self.hidden, kernel_init=init, bias_init=init, name="linear_transform")(x)  # [G, d]
 
 
-def score(session: jax.Array, items: jax.Array) -> jax.Array:
-  """Dot-product scores of every real item (eq. 10 before the softmax).
+def score(session: jax.Array, out: BackboneOutput) -> jax.Array:
+  """Scores of every real item (eq. 10 before the softmax): `session . E[1:]` plus the backbone's extra term.
 
   Args:
     session: [G, d] session vectors.
-    items: [n + 1, d] item table; row 0 (padding) is dropped.
+    out: the backbone output; its item table's row 0 (padding) is dropped.
 
   Returns:
     [G, n] scores; column j is item id j + 1.
   """
-  return session @ items[1:].T  # [G, n]
+  scores = session @ out.items[1:].T  # [G, n]
+  return scores if out.extra_scores is None else scores + out.extra_scores
+
+
+class Recommender(nn.Module):
+  """A bare backbone: its own session vector scored against its item table.
+
+  Attributes:
+    backbone: a backbone module (see the module docstring); name it "backbone".
+  """
+
+  backbone: nn.Module
+
+  @nn.compact
+  def __call__(self, batch: Any, train: bool = False) -> jax.Array:
+    """Returns scores [G, n]; column j is item id j + 1."""
+    out = self.backbone(batch, train=train, head=True)
+    return score(out.session, out)  # [G, n]

@@ -25,8 +25,10 @@ Choices, each checked against the paper and the official code (`tsinghua-fib-lab
   perspective must be paired with global or local. Alignment uses the session vectors *before* gating, as the
   official code does.
 * P = 0 perspectives: no intent parameters, no alignment/uniformity terms, and the session vector is the bare
-  backbone's `HybridHead` (`W [global; local] + b`), whatever `fusion` says: the model is then exactly the backbone
-  (the paper's "w/o LLM" ablation), with an identical parameter tree under `head`.
+  backbone's own (`head=True`: SR-GNN's `W [global; local] + b`, GCE-GNN's readout), whatever `fusion` says: the
+  model is then exactly the bare backbone (the paper's "w/o LLM" ablation), with an identical parameter tree.
+* Backbones whose scores have a term beyond `session . E` (TAGNN's target-aware attention) keep it: every head
+  adds the backbone's `extra_scores` (`base.score`).
 * Alignment: `||norm(x) - norm(y)||^2` per real row, summed; the caller divides by the count. This is DirectAU's
   `(x - y).norm(dim=1).pow(2).mean()` on normalised vectors (alpha = 2, no further scaling), as in the official code;
   eq. 7 writes the squared distance without the normalisation, which both DirectAU and the official code apply.
@@ -50,7 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from llm4sbr_jax.models.base import BackboneOutput, HybridHead, score, uniform_init
+from llm4sbr_jax.models.base import BackboneOutput, score, uniform_init
 
 PAIRINGS = ("global", "local", "none")
 FUSIONS = ("concat", "gate")
@@ -101,7 +103,7 @@ class LLM4SBR(nn.Module):
   """A session backbone enhanced with LLM intents (alignment in the loss, fusion in the forward pass).
 
   Attributes:
-    backbone: a module with `__call__(batch, train=False) -> BackboneOutput`.
+    backbone: a module with `__call__(batch, train=False, head=True) -> BackboneOutput` (`base.py`).
     hidden: d, the backbone's hidden size (also the initialiser's bound, U(-1/sqrt(d), 1/sqrt(d))).
     perspectives: the intent perspectives, in the order of the `intents` axis 1.
     pairing: per perspective, the session vector it is aligned with: 'global', 'local' or 'none'.
@@ -133,15 +135,14 @@ class LLM4SBR(nn.Module):
     check_config(tuple(self.perspectives), tuple(self.pairing), self.fusion)
     d = self.hidden
     init = uniform_init(d)
-    out: BackboneOutput = self.backbone(batch, train=train)
+    num_p = len(self.perspectives)
+    out: BackboneOutput = self.backbone(batch, train=train, head=num_p == 0)
     local, global_ = out.local, out.global_  # [G, d] each
     g = local.shape[0]
-    num_p = len(self.perspectives)
 
     if num_p == 0:
-      session = HybridHead(d, name="head")(out)  # [G, d]
       empty = jnp.zeros((g, 0, d), local.dtype)  # [G, 0, d]
-      return LLM4SBROutput(score(session, out.items), session, empty, empty, empty)
+      return LLM4SBROutput(score(out.session, out), out.session, empty, empty, empty)
 
     if intents is None or intents.ndim != 3 or intents.shape[:2] != (g, num_p):
       shape = None if intents is None else intents.shape
@@ -176,7 +177,7 @@ class LLM4SBR(nn.Module):
       paired_sessions = jnp.stack([vectors[self.pairing[i]] for i in paired], axis=1)  # [G, Q, d]
     else:
       paired_intents = paired_sessions = jnp.zeros((g, 0, d), local.dtype)
-    return LLM4SBROutput(score(session, out.items), session, h, paired_intents, paired_sessions)
+    return LLM4SBROutput(score(session, out), session, h, paired_intents, paired_sessions)
 
 
 # ----------------------------------------------------------------------------------------------------------------

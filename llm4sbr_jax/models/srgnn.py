@@ -6,18 +6,25 @@ Reference behaviour (`../shared/reference/backbones.md` section 2.3):
     update `h = c + z * (h - c)`; the dense normalised adjacency of the reference becomes a weighted sum over the
     packed edges (`w_in = 1/indeg`, `w_out = 1/outdeg`), which is the same sum without the padding;
   * attention without softmax: `alpha = q^T sigmoid(W1 h_t + W2 h_i)` (q without bias), `s_g = sum_i alpha_i h_i`;
-  * the hybrid readout (`HybridHead`) and scores over `E[1:]` live in `base.py`.
+  * the hybrid readout `W [s_g; h_t] + b` (`HybridHead`, with `head=True`) and scores over `E[1:]` (`base.py`).
 The reference's unused `linear_edge_f` is not created (it only receives weight decay and never affects an output).
+
+LLM4SBR pairing: `global_` = s_g (the attention readout over the whole session) pairs with the long-term intent,
+`local` = h_t (the last click's node state) with the short-term one, as in the official LLM4SBR code.
+
+TAGNN (`tagnn.py`) is this module with two hooks overridden: the attention weights and an extra score term.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from llm4sbr_jax.graphs import SessionBatch
-from llm4sbr_jax.models.base import BackboneOutput, HybridHead, score, uniform_init
+from llm4sbr_jax.models.base import BackboneOutput, HybridHead, uniform_init
 
 
 class GatedGraphStep(nn.Module):
@@ -49,7 +56,7 @@ class GatedGraphStep(nn.Module):
 
 
 class SRGNN(nn.Module):
-  """SR-GNN backbone: returns the local (last item) and global (attention) session vectors and the item table.
+  """SR-GNN backbone: the local (last item) and global (attention) session vectors and the item table.
 
   Attributes:
     num_items: n; the embedding table has n + 1 rows (row 0 = padding).
@@ -61,8 +68,18 @@ class SRGNN(nn.Module):
   hidden: int = 100
   steps: int = 1
 
+  def attention_weights(self, logits: jax.Array, batch: SessionBatch) -> jax.Array:
+    """SR-GNN uses the attention logits [P, 1] as weights directly (no softmax)."""
+    del batch
+    return logits
+
+  def extra_scores(self, seq_h: jax.Array, table: jax.Array, batch: SessionBatch) -> Optional[jax.Array]:
+    """SR-GNN scores are a plain dot product: no extra term."""
+    del seq_h, table, batch
+    return None
+
   @nn.compact
-  def __call__(self, batch: SessionBatch, train: bool = False) -> BackboneOutput:
+  def __call__(self, batch: SessionBatch, train: bool = False, head: bool = True) -> BackboneOutput:
     del train  # no dropout in SR-GNN
     d, init = self.hidden, uniform_init(self.hidden)
     table = self.param("embedding", init, (self.num_items + 1, d))  # [n + 1, d]
@@ -75,22 +92,9 @@ class SRGNN(nn.Module):
     ht = h[batch.last_node]  # [G, d]
     q1 = nn.Dense(d, kernel_init=init, bias_init=init, name="linear_one")(ht)  # [G, d]
     q2 = nn.Dense(d, kernel_init=init, bias_init=init, name="linear_two")(seq_h)  # [P, d]
-    alpha = nn.Dense(1, use_bias=False, kernel_init=init, name="linear_three")(
+    logits = nn.Dense(1, use_bias=False, kernel_init=init, name="linear_three")(
         jax.nn.sigmoid(q1[batch.pos_graph] + q2))  # [P, 1]
-    weighted = alpha * seq_h * batch.pos_mask[:, None]  # [P, d]
+    weighted = self.attention_weights(logits, batch) * seq_h * batch.pos_mask[:, None]  # [P, d]
     s_g = jax.ops.segment_sum(weighted, batch.pos_graph, num_graphs)  # [G, d]
-    return BackboneOutput(local=ht, global_=s_g, items=table)
-
-
-class SRGNNRecommender(nn.Module):
-  """The bare SR-GNN model: backbone + hybrid head + scores over all items."""
-
-  num_items: int
-  hidden: int = 100
-  steps: int = 1
-
-  @nn.compact
-  def __call__(self, batch: SessionBatch, train: bool = False) -> jax.Array:
-    """Returns scores [G, n]; column j is item id j + 1."""
-    out = SRGNN(self.num_items, self.hidden, self.steps, name="backbone")(batch, train)
-    return score(HybridHead(self.hidden, name="head")(out), out.items)  # [G, n]
+    out = BackboneOutput(local=ht, global_=s_g, items=table, extra_scores=self.extra_scores(seq_h, table, batch))
+    return out._replace(session=HybridHead(d, name="head")(out)) if head else out

@@ -1,0 +1,72 @@
+"""The one place that names the backbones: name -> how to build the module and what its batches need.
+
+Adding a backbone means one module in `llm4sbr_jax/models/` and one entry in `BACKBONES`. The trainer, tasks,
+studies, benchmark and LLM4SBR wrapper look backbones up here and never branch on a name; bare vs LLM4SBR around the
+backbone is the separate `config.llm4sbr` choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import numpy as np
+
+from llm4sbr_jax.dataset import ProcessedDataset
+from llm4sbr_jax.models import gcegnn, srgnn, tagnn
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+  """A registered backbone.
+
+  Attributes:
+    label: the name tables print ("SR-GNN").
+    build: (config, dataset) -> the linen backbone module (named "backbone").
+    node_tables: optional (config, dataset) -> {name: [n + 1, ...]} per-item tables whose rows every batch carries
+      for its nodes (`SessionBatch.extra`), built on the host once per run.
+    paper: the paper's Table 2 P@20 / MRR@20 (bare, LLM4SBR) per dataset, for the reports.
+  """
+
+  label: str
+  build: Callable[[Any, ProcessedDataset], nn.Module]
+  node_tables: Optional[Callable[[Any, ProcessedDataset], Mapping[str, np.ndarray]]] = None
+  paper: Mapping[str, Mapping[str, tuple[float, float]]] = dataclasses.field(default_factory=dict)
+
+
+def _gcegnn_tables(config: Any, dataset: ProcessedDataset) -> Mapping[str, np.ndarray]:
+  c = config.gcegnn
+  neighbours, weights = gcegnn.cached_global_graph(dataset, config.get("dataset_dir") or None, c.sample_num,
+                                                   c.epsilon)
+  sampled = gcegnn.sample_neighbours(neighbours, weights, np.random.default_rng(config.seed))
+  return gcegnn.hop_tables(*sampled, c.hop)
+
+
+def _longest_prefix(dataset: ProcessedDataset) -> int:
+  return max((int(s.lengths.max()) for s in dataset.splits.values() if len(s)), default=1)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "srgnn": BackboneSpec(
+        "SR-GNN", lambda c, ds: srgnn.SRGNN(ds.num_items, c.hidden, c.gnn_steps, name="backbone"),
+        paper={"beauty": {"bare": (14.86, 3.99), "llm4sbr": (16.30, 5.00)}}),
+    "tagnn": BackboneSpec(
+        "TAGNN", lambda c, ds: tagnn.TAGNN(ds.num_items, c.hidden, c.gnn_steps, item_chunk=c.tagnn.item_chunk,
+                                           name="backbone"),
+        paper={"beauty": {"bare": (15.23, 3.97), "llm4sbr": (16.76, 5.05)}}),
+    "gcegnn": BackboneSpec(
+        "GCE-GNN", lambda c, ds: gcegnn.GCEGNN(
+            ds.num_items, c.hidden, positions=max(gcegnn.OFFICIAL_POSITIONS, _longest_prefix(ds)), hop=c.gcegnn.hop,
+            sample_num=c.gcegnn.sample_num, dropout_local=c.gcegnn.dropout_local,
+            dropout_global=c.gcegnn.dropout_global, dropout_gcn=c.gcegnn.dropout_gcn, name="backbone"),
+        node_tables=_gcegnn_tables,
+        paper={"beauty": {"bare": (12.38, 4.54), "llm4sbr": (18.08, 4.80)}}),
+}
+
+
+def get(name: str) -> BackboneSpec:
+  """The registered backbone `name`; a clear error listing the registered ones otherwise."""
+  if name not in BACKBONES:
+    raise ValueError(f"config.backbone: unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONES))}")
+  return BACKBONES[name]
