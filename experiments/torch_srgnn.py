@@ -102,10 +102,11 @@ class TorchSRGNN(nn.Module):
     return torch.matmul(a, self.embedding.weight[1:].transpose(1, 0))
 
 
-TRANSPOSED_RAW = ("w_ih", "w_hh")
+TRANSPOSED_RAW = ("w_ih", "w_hh")  # raw Flax parameters stored [in, out]; torch keeps them [out, in]
 
 
-def copy_flax_tree(model: nn.Module, tree: Mapping[str, Any], transposed: Iterable[str] = TRANSPOSED_RAW) -> set[str]:
+def copy_flax_tree(model: nn.Module, tree: Mapping[str, Any],
+                   transposed: Iterable[str] = TRANSPOSED_RAW) -> set[str]:
   """Copies every parameter of a Flax subtree into the torch attribute of the same (leaf) name.
 
   A sub-dict holding a `kernel` is a Dense layer: it goes to the `nn.Linear` named like the dict (kernel [in, out]

@@ -19,9 +19,8 @@ items at a time to bound that memory.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -102,9 +101,6 @@ class TorchTAGNN(TorchSRGNN):
       return self.target_scores(s_h, hm, qt, mask, e1)
     return torch.cat([self.target_scores(s_h, hm, qt, mask, e1[i:i + item_chunk])
                       for i in range(0, e1.shape[0], item_chunk)], 1)
-
-
-# Raw (non-Dense) Flax parameters stored [in, out] whose torch counterpart is [out, in].
 
 
 def build_baseline(train: Any, num_items: int, hidden: int) -> tuple[nn.Module, Any]:

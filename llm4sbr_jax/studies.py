@@ -61,6 +61,19 @@ def baselines(study: str, config: Any) -> dict[str, str]:
   return out
 
 
+def paper_values(study: str, config: Any, dataset: str) -> dict[str, tuple[float, float]]:
+  """{variant label: the paper's (P@20, MRR@20)} for Table 2 variants on a dataset of the paper's Table 2."""
+  if study != "table2":
+    return {}
+  out = {}
+  for label, overrides in variants(study, config):
+    values = registry.get(overrides["backbone"]).paper.get(dataset, {})
+    key = "llm4sbr" if overrides["llm4sbr"] else "bare"
+    if key in values:
+      out[label] = values[key]
+  return out
+
+
 def variant_config(config: Any, overrides: dict[str, Any]) -> Any:
   c = copy.deepcopy(config)
   with c.unlocked():
@@ -86,7 +99,8 @@ def run_study(study: str, config: Any, workdir: str,
   results = {}
   for label, overrides in variants(study, config):
     results[label] = run(variant_config(config, overrides), os.path.join(workdir, variant_dir(overrides)))
-  write_outputs(study, results, workdir, baselines(study, config))
+  dataset = next((r.get("dataset") for r in results.values() if r.get("dataset")), "")
+  write_outputs(study, results, workdir, baselines(study, config), paper_values(study, config, dataset))
   return results
 
 
@@ -95,10 +109,12 @@ def _rows(results: dict[str, Any], key: str) -> list[tuple[str, dict[str, float]
           if key in r]
 
 
-def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict[str, str] | None = None) -> str:
+def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict[str, str] | None = None,
+                  paper: dict[str, tuple[float, float]] | None = None) -> str:
   """`<study>.md`, `<study>.csv`, `<study>.png` from the variants' results; returns the markdown.
 
-  `bases` maps a variant to the bare-backbone variant its improvement % is computed against.
+  `bases` maps a variant to the bare-backbone variant its improvement % is computed against; `paper` gives the
+  paper's (P@20, MRR@20) of a variant, printed beside ours.
   """
   sections, csv_rows = [], []
   for key, title in PROTOCOLS:
@@ -114,6 +130,11 @@ def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict
         md += f"\n| improvement % ({label} vs {base_label}) | " + " | ".join(gain) + " |"
     sections.append(f"**{title}** (HR@K is the paper's P@K; percent)\n\n{md}")
     csv_rows += [{"protocol": key, "variant": label, **{c: m[c] for c in PAPER_COLUMNS}} for label, m in rows]
+  if paper:
+    lines = ["| | paper P@20 | paper MRR@20 |", "|---|---:|---:|"]
+    lines += [f"| {label} | {p20:.2f} | {mrr20:.2f} |" for label, (p20, mrr20) in paper.items()]
+    sections.append("**the paper's Table 2** (LLM intents, best epoch on test; ours above use the intents named "
+                    "by the config)\n\n" + "\n".join(lines))
   text = f"## {study}\n\n" + "\n\n".join(sections) + "\n"
   with open(os.path.join(workdir, f"{study}.md"), "w") as f:
     f.write(text)
