@@ -8,7 +8,7 @@ from conftest import assert_torch_scores, beauty_prefixes, torch_grad_parity
 from llm4sbr_jax import graphs, synthetic
 from llm4sbr_jax.models import llm4sbr as L
 from llm4sbr_jax.models.base import Recommender
-from llm4sbr_jax.models.tagnn import TAGNN
+from llm4sbr_jax.models.tagnn import TAGNN, chunk_size
 
 
 def _packed(split):
@@ -69,3 +69,9 @@ def test_padding_content_and_budget_do_not_change_scores():
   large = large._replace(graph=large.graph._replace(nodes={"item": items}))
   np.testing.assert_allclose(np.asarray(model.apply(params, small))[:8], np.asarray(model.apply(params, large))[:8],
                              atol=1e-5)
+
+
+def test_auto_chunks_are_even():
+  assert chunk_size(12101, 1416) == 6051  # 2 chunks, not 11848 + a mostly padded second one
+  assert chunk_size(12101, 100) == 12101  # the whole catalogue in one pass
+  assert chunk_size(57, 1, item_chunk=10) == 10 and chunk_size(100000, 1464) == 11112

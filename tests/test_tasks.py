@@ -128,3 +128,18 @@ def test_unknown_backbone_and_source_are_rejected(setup):
   c.intents.source = "tweets"
   with pytest.raises(ValueError, match="intents.source"):
     tasks.build_task(c, ds)
+
+
+@pytest.mark.parametrize("backbone,fusion", [("tagnn", "concat"), ("tagnn", "gate"), ("gcegnn", "concat"),
+                                             ("gcegnn", "gate")])
+def test_llm4sbr_trains_on_every_backbone(setup, backbone, fusion):
+  _, root = setup
+  exp = train.Experiment(_config(root, backbone=backbone, fusion=fusion))
+  host = exp.init_state()
+  state, report = exp.runner.train_step(exp.runner.replicate(host), _one_device_batch(exp), 1e-3)
+  assert np.isfinite(float(report["loss"])) and float(report["align/long-term"]) > 0
+  p = host.params["params"]
+  assert {"backbone", "text_proj", "fusion" if fusion == "concat" else "linear_transform"} <= set(p)
+  assert "head" not in p["backbone"]  # LLM4SBR's fusion replaces the bare head: no unused parameters
+  params = exp.runner.unreplicate(state.params)["params"]
+  assert np.max(np.abs(params["text_proj"]["kernel"] - p["text_proj"]["kernel"])) > 0

@@ -18,7 +18,7 @@ reference (`experiments/torch_tagnn.py`) has the official behaviour behind `mask
 Memory: the official code materialises s_t as [B, n, d]. Here the target term is computed as
 `sum_i beta_{v,i} (h_i . E_v)` from two [P, n] logit matrices over the packed click positions (P ~ batch x mean
 length, not batch x longest session), in item chunks of `item_chunk` columns (0 = auto: the whole catalogue while
-P x n stays under `AUTO_CHUNK_ELEMENTS`, else chunks of that size), each chunk rematerialised in the backward pass
+P x n stays under `AUTO_CHUNK_ELEMENTS`, else the fewest equal chunks under it), each chunk rematerialised in the backward pass
 (`jax.checkpoint`), so peak activation memory is O(P x chunk).
 """
 
@@ -80,6 +80,14 @@ def target_aware_scores(hm: jax.Array, qt: jax.Array, items: jax.Array, segments
   return jnp.moveaxis(out, 0, 1).reshape(num_segments, num_chunks * chunk)[:, :n]  # [G, n]
 
 
+def chunk_size(num_items: int, positions: int, item_chunk: int = 0) -> int:
+  """Items per chunk: `item_chunk`, or (0) the fewest chunks of at most AUTO_CHUNK_ELEMENTS / positions items,
+  evened out so the last chunk's padding stays below the number of chunks."""
+  most = item_chunk or max(1, AUTO_CHUNK_ELEMENTS // max(positions, 1))
+  num_chunks = -(-num_items // most)
+  return -(-num_items // num_chunks)
+
+
 class TAGNN(SRGNN):
   """TAGNN backbone: SR-GNN with a soft-maxed readout attention and target-aware item scores.
 
@@ -99,6 +107,5 @@ class TAGNN(SRGNN):
     hm = seq_h * batch.pos_mask[:, None]  # [P, d]
     qt = nn.Dense(d, use_bias=False, kernel_init=uniform_init(d), name="linear_t")(hm)  # [P, d]
     positions, n = hm.shape[0], table.shape[0] - 1
-    chunk = self.item_chunk or max(1, AUTO_CHUNK_ELEMENTS // max(positions, 1))
     return target_aware_scores(hm, qt, table[1:], batch.pos_graph, batch.pos_mask, batch.graph_mask.shape[0],
-                               min(chunk, n))
+                               chunk_size(n, positions, self.item_chunk))
