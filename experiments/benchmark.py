@@ -90,11 +90,11 @@ def measure_jax(shape, backbone):
                                         node_tables=task.node_tables)
   first, _ = next(eval_batches)
   t = time.perf_counter()
-  jax.block_until_ready(runner.eval_step(state.params, first))
+  jax.block_until_ready(runner.eval_step(state.params, first)[0])
   compile_eval = time.perf_counter() - t
   sessions, t = 0, time.perf_counter()
   for batch, real in eval_batches:
-    out = runner.eval_step(state.params, batch)
+    out, _ = runner.eval_step(state.params, batch)
     sessions += real
   jax.block_until_ready(out)
   return {"train_sessions_per_s": train_rate, "eval_sessions_per_s": sessions / (time.perf_counter() - t),

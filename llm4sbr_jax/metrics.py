@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 KS = (5, 10, 20)
 
@@ -41,6 +42,50 @@ def metric_sums(scores: jax.Array, targets: jax.Array, mask: jax.Array,
 def batch_metric_sums(scores: jax.Array, batch) -> dict[str, jax.Array]:
   """`metric_sums` of a packed batch (its targets and graph mask)."""
   return metric_sums(scores, batch.targets, batch.graph_mask)
+
+
+def batch_ranks(scores: jax.Array, batch) -> dict[str, jax.Array]:
+  """Per graph slot: the target's rank and the sample's row in its split (-1 on padding slots)."""
+  return {"rank": target_ranks(scores, batch.targets).astype(jnp.int32),
+          "index": jnp.where(batch.graph_mask, batch.sample_index, -1).astype(jnp.int32)}
+
+
+def ranks_metrics(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
+  """Per-sample HR@K / MRR@K / NDCG@K (0-1) from 1-based ranks [..., N]; their mean over N is `finalize`'s / 100."""
+  ranks = np.asarray(ranks, np.float64)
+  out = {}
+  for k in ks:
+    hit = ranks <= k
+    out[f"hr@{k}"] = hit.astype(np.float64)
+    out[f"mrr@{k}"] = np.where(hit, 1.0 / ranks, 0.0)
+    out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+  return out
+
+
+def paired_bootstrap(base: np.ndarray, other: np.ndarray, num_resamples: int = 1000, seed: int = 0,
+                     ks: Sequence[int] = KS) -> dict[str, tuple[float, float]]:
+  """95% paired-bootstrap interval of the improvement % of `other` over `base` per metric.
+
+  Args:
+    base, other: 1-based ranks [N] of the same test samples under two models.
+    num_resamples: bootstrap resamples of the N samples (with replacement, the same rows for both models).
+
+  Returns:
+    {metric: (2.5th, 97.5th percentile of 100 * (other - base) / base)}; (nan, nan) when base's mean is 0 in a
+    resample.
+  """
+  base, other = np.asarray(base), np.asarray(other)
+  if base.shape != other.shape:
+    raise ValueError(f"paired bootstrap needs the same test samples: {base.shape} vs {other.shape}")
+  idx = np.random.default_rng(seed).integers(0, len(base), size=(num_resamples, len(base)))
+  mb, mo = ranks_metrics(base[idx], ks), ranks_metrics(other[idx], ks)
+  out = {}
+  for name in mb:
+    b, o = mb[name].mean(1), mo[name].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      gain = np.where(b > 0, 100.0 * (o - b) / b, np.nan)
+    out[name] = tuple(np.percentile(gain, [2.5, 97.5])) if np.all(np.isfinite(gain)) else (np.nan, np.nan)
+  return out
 
 
 def finalize(sums: Mapping[str, float]) -> dict[str, float]:

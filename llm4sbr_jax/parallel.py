@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -86,25 +86,29 @@ def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms
 
 
 def per_device_eval_step(params: Any, batch: Any, *, terms_fn: TermsFn,
-                         metrics_fn: Callable[[jax.Array, Any], dict[str, jax.Array]]) -> dict[str, jax.Array]:
-  """Metric sums of this device's shard, summed over AXIS."""
+                         metrics_fn: Callable[[jax.Array, Any], dict[str, jax.Array]],
+                         per_sample_fn: Optional[Callable[[jax.Array, Any], dict[str, jax.Array]]] = None
+                         ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """Metric sums of this device's shard summed over AXIS, and its per-graph-slot values ([G] each, or {})."""
   TRACE_COUNTS["eval"] += 1
   scores, _ = terms_fn(params, batch, False, None)
-  return jax.lax.psum(metrics_fn(scores, batch), AXIS)
+  per_sample = {} if per_sample_fn is None else per_sample_fn(scores, batch)
+  return jax.lax.psum(metrics_fn(scores, batch), AXIS), per_sample
 
 
 class Runner:
   """Compiles the per-device steps for `mode` ('shard_map' or 'pmap') over all local devices."""
 
   def __init__(self, mode: str, terms_fn: TermsFn, spec: Mapping[str, tuple[float, bool]],
-               tx: optax.GradientTransformation, metrics_fn, devices=None, seed: int = 0):
+               tx: optax.GradientTransformation, metrics_fn, devices=None, seed: int = 0, per_sample_fn=None):
     self.devices = list(devices if devices is not None else jax.local_devices())
     self.num_devices = len(self.devices)
     self.mode = mode
     self._in_flight: collections.deque = collections.deque()
     self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
     train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx, seed=seed)
-    evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn)
+    evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn,
+                                 per_sample_fn=per_sample_fn)
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
     self._replicated = NamedSharding(self.mesh, P())
     self._sharded = NamedSharding(self.mesh, P(AXIS))
@@ -115,7 +119,7 @@ class Runner:
           "train": jax.jit(jax.shard_map(squeeze(train), mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
                                          out_specs=(P(), P()), check_vma=False), donate_argnums=0),
           "eval": jax.jit(jax.shard_map(squeeze(evaluate), mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                        out_specs=P(), check_vma=False))}
+                                        out_specs=(P(), P(AXIS)), check_vma=False))}
     elif mode == "pmap":
       # pmap keeps a leading device axis on the replicated state and on the outputs.
       self._steps = {
@@ -170,5 +174,9 @@ class Runner:
     state, report = self._run("train", state, self.put_batch(batch), jnp.float32(lr))
     return state, self._bounded(report)
 
-  def eval_step(self, params: Any, batch: Any) -> dict[str, jax.Array]:
-    return self._bounded(self._run("eval", params, self.put_batch(batch)))
+  def eval_step(self, params: Any, batch: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(metric sums of the batch, per-graph-slot values [D * G] of `per_sample_fn`, {} without one)."""
+    sums, per_sample = self._run("eval", params, self.put_batch(batch))
+    if self.mode == "pmap":  # per-sample values come back [D, G]: one row per device, like shard_map's concatenation
+      per_sample = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:])[None], per_sample)
+    return self._bounded((sums, per_sample))

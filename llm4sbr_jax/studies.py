@@ -16,6 +16,9 @@ import json
 import os
 from typing import Any, Callable
 
+import numpy as np
+
+from llm4sbr_jax import metrics as metrics_lib
 from llm4sbr_jax import plotting, report, train
 from llm4sbr_jax.models import registry
 
@@ -49,9 +52,11 @@ def variants(study: str, config: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def baselines(study: str, config: Any) -> dict[str, str]:
-  """{variant label: label of the bare backbone it improves on} for the studies that report improvements."""
+  """{variant label: the label it is compared with}: each LLM4SBR(X) with its bare X (Table 2, demo), each other
+  variant with the first (ablation: "whole"; f sweep: the first f)."""
   if study not in ("table2", "demo"):
-    return {}
+    labels = [label for label, _ in variants(study, config)]
+    return {label: labels[0] for label in labels[1:]}
   out, base = {}, None
   for label, overrides in variants(study, config):
     if overrides["llm4sbr"]:
@@ -59,6 +64,19 @@ def baselines(study: str, config: Any) -> dict[str, str]:
     else:
       base = label
   return out
+
+
+def intervals(study: str, config: Any, workdir: str, results: dict[str, Any]
+              ) -> dict[str, tuple[str, int, dict[str, tuple[float, float]]]]:
+  """{variant: (compared-with label, number of test samples, paired-bootstrap 95% interval of the improvement % per
+  metric)} from the variants' `test_ranks.npy` (test at the best validation epoch); pairs without ranks are left out."""
+  dirs = {label: os.path.join(workdir, variant_dir(overrides)) for label, overrides in variants(study, config)}
+  ranks = {}
+  for label, r in results.items():
+    if r.get("test_ranks"):
+      ranks[label] = np.load(os.path.join(dirs[label], r["test_ranks"]), allow_pickle=False)
+  return {label: (base, len(ranks[label]), metrics_lib.paired_bootstrap(ranks[base], ranks[label]))
+          for label, base in baselines(study, config).items() if label in ranks and base in ranks}
 
 
 def paper_values(study: str, config: Any, dataset: str) -> dict[str, tuple[float, float]]:
@@ -100,7 +118,8 @@ def run_study(study: str, config: Any, workdir: str,
   for label, overrides in variants(study, config):
     results[label] = run(variant_config(config, overrides), os.path.join(workdir, variant_dir(overrides)))
   dataset = next((r.get("dataset") for r in results.values() if r.get("dataset")), "")
-  write_outputs(study, results, workdir, baselines(study, config), paper_values(study, config, dataset))
+  write_outputs(study, results, workdir, baselines(study, config), paper_values(study, config, dataset),
+                intervals(study, config, workdir, results))
   return results
 
 
@@ -110,11 +129,12 @@ def _rows(results: dict[str, Any], key: str) -> list[tuple[str, dict[str, float]
 
 
 def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict[str, str] | None = None,
-                  paper: dict[str, tuple[float, float]] | None = None) -> str:
+                  paper: dict[str, tuple[float, float]] | None = None,
+                  cis: dict[str, tuple[str, int, dict[str, tuple[float, float]]]] | None = None) -> str:
   """`<study>.md`, `<study>.csv`, `<study>.png` from the variants' results; returns the markdown.
 
-  `bases` maps a variant to the bare-backbone variant its improvement % is computed against; `paper` gives the
-  paper's (P@20, MRR@20) of a variant, printed beside ours.
+  `bases` maps a variant to the variant its improvement % is computed against; `paper` gives the paper's (P@20,
+  MRR@20) of a variant, printed beside ours; `cis` the paired-bootstrap intervals of `intervals`.
   """
   sections, csv_rows = [], []
   for key, title in PROTOCOLS:
@@ -130,6 +150,15 @@ def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict
         md += f"\n| improvement % ({label} vs {base_label}) | " + " | ".join(gain) + " |"
     sections.append(f"**{title}** (HR@K is the paper's P@K; percent)\n\n{md}")
     csv_rows += [{"protocol": key, "variant": label, **{c: m[c] for c in PAPER_COLUMNS}} for label, m in rows]
+  if cis:
+    lines = ["| | test samples | " + " | ".join(c.upper() for c in PAPER_COLUMNS) + " |",
+             "|---|---:|" + "---:|" * len(PAPER_COLUMNS)]
+    for label, (base, n, ci) in cis.items():
+      lines.append(f"| {label} vs {base} | {n} | " + " | ".join(
+          f"[{ci[c][0]:+.1f}, {ci[c][1]:+.1f}]" if np.isfinite(ci[c][0]) else "n/a" for c in PAPER_COLUMNS) + " |")
+    sections.append("**improvement %, paired bootstrap 95% interval** over the test samples (test @ best valid "
+                    "epoch, 1000 resamples; an interval containing 0 is not a significant difference)\n\n"
+                    + "\n".join(lines))
   if paper:
     lines = ["| | paper P@20 | paper MRR@20 |", "|---|---:|---:|"]
     lines += [f"| {label} | {p20:.2f} | {mrr20:.2f} |" for label, (p20, mrr20) in paper.items()]

@@ -1,6 +1,7 @@
 """Training and evaluation loop: epochs, evaluation, early stopping, checkpoints, resume, logs and results.
 
-Outputs in the workdir: `metrics.jsonl` (one line per epoch), `results.json`, `curves.png`, orbax checkpoints under
+Outputs in the workdir: `metrics.jsonl` (one line per epoch), `results.json`, `curves.png`, `test_ranks.npy` (the
+rank of every test target at the best validation epoch, for paired significance tests), orbax checkpoints under
 `checkpoints/` (one per epoch). Rerunning the same command resumes from the latest checkpoint; `metrics.jsonl` is
 rewritten from the checkpoint's history so a kill never duplicates or drops an epoch line.
 """
@@ -27,6 +28,7 @@ from llm4sbr_jax.models import registry
 log = logging.getLogger(__name__)
 
 SELECTION_NOTE = "test metrics at the epoch with the best validation {metric}"
+RANKS_FILE = "test_ranks.npy"  # int32 [test samples]: 1-based target ranks at the selected (best validation) epoch
 PAPER_NOTE = ("paper protocol: each metric's best value over epochs on the TEST split, chosen separately "
               "(as the official SR-GNN / LLM4SBR code reports); optimistic, not a model-selection result")
 
@@ -69,7 +71,8 @@ class Experiment:
                                             config.budget_std)
     self.tx = parallel.make_optimizer(config.weight_decay)
     self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx,
-                                  metrics_lib.batch_metric_sums, devices, seed=config.seed)
+                                  metrics_lib.batch_metric_sums, devices, seed=config.seed,
+                                  per_sample_fn=metrics_lib.batch_ranks)
     t = time.perf_counter()
     template_side = None if self.task.side_shape is None else np.zeros((1,) + self.task.side_shape, np.float32)
     self._template, _ = next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), self.budget,
@@ -94,12 +97,20 @@ class Experiment:
     params = self._init(jax.random.PRNGKey(self.config.seed), sample)
     return jax.device_get(parallel.init_state(params, self.tx))
 
-  def evaluate(self, params: Any, split: str) -> dict[str, float]:
+  def evaluate(self, params: Any, split: str) -> tuple[dict[str, float], np.ndarray]:
+    """(metrics in percent, the 1-based rank of every sample's target [N], int32)."""
     totals: dict[str, float] = {}
+    per_sample = []
     for batch, _ in self.batches(split, np.arange(len(self.splits[split]))):
-      for k, v in self.runner.eval_step(params, batch).items():
+      sums, samples = self.runner.eval_step(params, batch)
+      for k, v in sums.items():
         totals[k] = totals.get(k, 0.0) + v  # stays on device until finalize
-    return metrics_lib.finalize(jax.device_get(totals))
+      per_sample.append(samples)
+    ranks = np.zeros(len(self.splits[split]), np.int32)
+    for samples in jax.device_get(per_sample):
+      real = samples["index"] >= 0
+      ranks[samples["index"][real]] = samples["rank"][real]
+    return metrics_lib.finalize(jax.device_get(totals)), ranks
 
   def train_epoch(self, state: parallel.TrainState, epoch: int, progress: bool = True):
     """One pass over the shuffled training samples; returns (state, mean loss terms, timing).
@@ -179,13 +190,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     state, losses, timing = exp.train_epoch(state, epoch, config.get("progress", True))
     t = time.perf_counter()
     record = {"epoch": epoch, "lr": learning_rate(config, epoch), "train": losses, **timing}
+    ranks = {}
     for split in ("valid", "test"):
       if split in exp.splits:
-        record[split] = exp.evaluate(state.params, split)
+        record[split], ranks[split] = exp.evaluate(state.params, split)
     record["eval_seconds"] = time.perf_counter() - t
     history.append(record)
     improved = _better(record[select_split], best, config.select_metric)
     best = record[select_split] if improved else best
+    if improved and "test" in ranks:  # the selected epoch's per-sample test ranks (for paired bootstrap intervals)
+      _save_npy(os.path.join(workdir, RANKS_FILE), ranks["test"])
     meta["bad_epochs"] = 0 if improved else meta["bad_epochs"] + 1
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(exp.runner.unreplicate(state)),
                                                 meta=ocp.args.JsonSave(meta)))
@@ -199,11 +213,18 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   results.update({"dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": model_label(config),
                   "selection_split": select_split, "stopped_early": meta["bad_epochs"] >= config.patience,
                   "setup_seconds": setup_seconds, "peak_rss_mb": hostmem.peak_rss_mb(),
+                  "test_ranks": RANKS_FILE if os.path.exists(os.path.join(workdir, RANKS_FILE)) else None,
                   "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   plotting.plot_curves(history, os.path.join(workdir, "curves.png"), title=f"{model_label(config)} on {exp.dataset.name}")
   return results
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+  with open(path + ".tmp", "wb") as f:
+    np.save(f, array, allow_pickle=False)
+  os.replace(path + ".tmp", path)
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:

@@ -1,6 +1,7 @@
 """Ranking metrics against a brute-force reference."""
 
 import numpy as np
+import pytest
 
 from llm4sbr_jax import metrics
 
@@ -27,3 +28,21 @@ def test_rank_is_one_for_the_top_item():
   scores = np.array([[0.1, 0.9, 0.3]], np.float32)
   assert int(metrics.target_ranks(scores, np.array([2]))[0]) == 1
   assert int(metrics.target_ranks(scores, np.array([1]))[0]) == 3
+
+
+def test_ranks_metrics_and_paired_bootstrap():
+  ranks = np.array([1, 3, 7, 25, 2, 11])
+  per = metrics.ranks_metrics(ranks)
+  np.testing.assert_allclose(per["hr@10"], [1, 1, 1, 0, 1, 0])
+  np.testing.assert_allclose(per["mrr@5"], [1, 1 / 3, 0, 0, 0.5, 0])
+  rng = np.random.default_rng(0)
+  base = rng.integers(1, 60, 2000)
+  better = np.maximum(1, base - 8)  # every target moves up 8 places
+  ci = metrics.paired_bootstrap(base, better, num_resamples=300)
+  assert 0 < ci["hr@20"][0] < ci["hr@20"][1]  # a clear improvement: the interval excludes 0
+  same = metrics.paired_bootstrap(base, base, num_resamples=50)
+  assert same["mrr@20"] == (0.0, 0.0)
+  noise = metrics.paired_bootstrap(base, rng.permutation(base), num_resamples=300)
+  assert noise["hr@20"][0] < 0 < noise["hr@20"][1]  # no difference in distribution: the interval spans 0
+  with pytest.raises(ValueError, match="same test samples"):
+    metrics.paired_bootstrap(base, base[:10])

@@ -32,14 +32,18 @@ def setup():
 def _run(setup, mode, devices, steps=1):
   sg, task, params = setup
   tx = parallel.make_optimizer(1e-5)
-  runner = parallel.Runner(mode, task.terms, task.spec, tx, metrics.batch_metric_sums, devices)
+  runner = parallel.Runner(mode, task.terms, task.spec, tx, metrics.batch_metric_sums, devices,
+                           per_sample_fn=metrics.batch_ranks)
   budget = graphs.compute_budget(sg, 40 // len(devices), num_std=6.0)
   state = runner.replicate(parallel.init_state(params, tx))
   reports, evals = [], []
   for i, (batch, real) in enumerate(graphs.iterate_batches(sg, np.arange(40 * steps), budget, len(devices),
                                                            node_tables=task.node_tables)):
     assert real == 40  # the budget is loose enough that every device batch is full
-    evals.append(jax.device_get(runner.eval_step(state.params, batch)))
+    sums, per_sample = jax.device_get(runner.eval_step(state.params, batch))
+    real = per_sample["index"] >= 0
+    order = np.argsort(per_sample["index"][real])  # per-sample ranks by sample row, whatever the device layout
+    evals.append({**sums, "ranks": per_sample["rank"][real][order], "rows": per_sample["index"][real][order]})
     state, report = runner.train_step(state, batch, 1e-3)
     reports.append(float(report["loss"]))
   return runner.unreplicate(state.params), reports, evals
@@ -53,7 +57,11 @@ def test_four_device_step_equals_single_device_step(mode, backbone):
   multi, loss4, eval4 = _run(setup, mode, jax.local_devices(), steps=2)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   for k in eval1[0]:
-    np.testing.assert_allclose(eval4[0][k], eval1[0][k], rtol=1e-5, atol=1e-5)
+    if k not in ("ranks", "rows"):
+      np.testing.assert_allclose(eval4[0][k], eval1[0][k], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(eval4[0]["rows"], np.arange(40))  # every sample's rank comes back once
+  np.testing.assert_array_equal(eval1[0]["rows"], np.arange(40))
+  assert np.mean(eval4[0]["ranks"] == eval1[0]["ranks"]) >= 0.95  # equal up to float near-ties
   diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), single, multi)
   assert max(jax.tree_util.tree_leaves(diffs)) < 1e-5
   moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), single, setup[2])

@@ -1,7 +1,9 @@
 """Studies: variants, shared variant runs, and the table / CSV / PNG outputs."""
 
 import csv
+import os
 
+import numpy as np
 import pytest
 
 from experiments.configs import ablation, fsweep, table2
@@ -20,13 +22,17 @@ def test_table2_and_ablation_share_the_llm4sbr_run(tmp_path):
   def run(config, workdir):
     calls.append(workdir)
     base = {"srgnn": 10.0, "tagnn": 20.0, "gcegnn": 40.0}[config.backbone]
-    return _fake_results(base * 1.2 if config.llm4sbr else base)
+    os.makedirs(workdir, exist_ok=True)
+    ranks = np.random.default_rng(0).integers(1, 40, 500)
+    np.save(os.path.join(workdir, "test_ranks.npy"), np.maximum(1, ranks - 5) if config.llm4sbr else ranks)
+    return {**_fake_results(base * 1.2 if config.llm4sbr else base), "test_ranks": "test_ranks.npy"}
 
   studies.run_study("table2", table2.get_config(), str(tmp_path), run)
   text = (tmp_path / "table2.md").read_text()
   for label in ("SR-GNN", "TAGNN", "GCE-GNN"):  # each LLM4SBR(X) against its own bare X
     assert f"improvement % (LLM4SBR({label}) vs {label}) | +20.00 |" in text
   assert "| LLM4SBR(GCE-GNN) | 18.08 | 4.80 |" in text  # the paper's Beauty values beside ours
+  assert "paired bootstrap 95% interval" in text and "| LLM4SBR(TAGNN) vs TAGNN | 500 | [+" in text
   rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
   assert {r["variant"] for r in rows} == {"SR-GNN", "LLM4SBR(SR-GNN)", "TAGNN", "LLM4SBR(TAGNN)", "GCE-GNN",
                                           "LLM4SBR(GCE-GNN)"} and len(rows) == 12

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import REPO
-from llm4sbr_jax import dataset, synthetic, train
+from llm4sbr_jax import dataset, metrics, synthetic, train
 from experiments.configs import default
 
 
@@ -50,6 +51,11 @@ def test_run_writes_metrics_results_and_plot(data_dir, tmp_path):
   assert set(results["selected"]["test"]) >= {"hr@5", "mrr@10", "ndcg@20"}
   assert (tmp_path / "curves.png").stat().st_size > 1000
   assert json.loads((tmp_path / "results.json").read_text())["epochs_run"] == 3
+  # The selected epoch's per-sample test ranks reproduce its test metrics (the paired bootstrap's input).
+  ranks = np.load(tmp_path / results["test_ranks"], allow_pickle=False)
+  per_sample = metrics.ranks_metrics(ranks)
+  for k, v in results["selected"]["test"].items():
+    assert abs(100 * per_sample[k].mean() - v) < 1e-3, k
 
 
 def test_rerun_resumes_and_extends(data_dir, tmp_path):

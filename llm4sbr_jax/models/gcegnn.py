@@ -36,6 +36,10 @@ The model (backbones.md section 4.4), on packed session graphs:
     `z = tanh([p_rev ; h_i] W_1)`, `z = sigmoid(glu1(z) + glu2(mean_i h_i))`, `beta = z W_2` (no softmax),
     `S = sum_i beta_i h_i`, scores `S . E[1:]`. The position table has max(200, longest prefix) rows (the official
     200 rows would not cover Beauty's 202-click prefixes).
+Training as the official code: Adam lr 1e-3 with coupled L2 1e-5, x0.1 every 3 epochs stepped after each epoch
+(= our schedule), batch 100; its early-stopping patience is 3 (`--config.patience=3`; the project default is 10).
+The official per-dataset overrides are config values (Diginetica: `--config.gcegnn.hop=2
+--config.gcegnn.dropout_gcn=0.2`; Tmall: `dropout_gcn=0.6, dropout_local=0.5`).
 Not created (they never affect an output, only receive weight decay): the official `linear_transform`,
 `LocalAggregator.bias` and `GlobalAggregator.bias`.
 

@@ -15,6 +15,10 @@ padding node's logit in the readout). That makes a session's scores depend on th
 differ between train and test splits. Both softmaxes here run over the session's real positions only; the PyTorch
 reference (`experiments/torch_tagnn.py`) has the official behaviour behind `mask_padding=False`.
 
+Kept as the official code: every parameter U(-1/sqrt(d), 1/sqrt(d)), the torch-form GRU, the hybrid readout, Adam
+with coupled L2 1e-5, batch 100, d 100, patience 10. Like our SR-GNN: the unused `linear_edge_f` is not created, and
+the lr schedule is the paper's (epochs 0-2 at 1e-3, x0.1 every 3), not the official torch>=1.1 off-by-one.
+
 Memory: the official code materialises s_t as [B, n, d]. Here the target term is computed as
 `sum_i beta_{v,i} (h_i . E_v)` from two [P, n] logit matrices over the packed click positions (P ~ batch x mean
 length, not batch x longest session), in item chunks of `item_chunk` columns (0 = auto: the whole catalogue while
