@@ -6,7 +6,7 @@
 Command:
   python experiments/train.py --config experiments/configs/default.py \
     --config.dataset_dir data/processed/beauty_paper_valid --workdir runs/srgnn_beauty_paper
-Expected (Beauty, paper split with a validation split): HR@20 about 14-15, MRR@20 about 5-6 (see README results).
+Expected (SR-GNN on Beauty, paper split with a validation split): HR@20 about 16, MRR@20 about 5 (docs/results.md).
 """
 
 import ml_collections

@@ -3,7 +3,7 @@
 Stage 1 runs SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages; the toy shop's ~300 training samples
 make the paper's batch of 100 only three steps an epoch, so the demo uses batch 20 (everything else as the paper).
 Command: `make demo` (or `python experiments/demo.py`). Expected: LLM4SBR beats SR-GNN on HR@K and MRR@K
-(see README "Demo").
+(see docs/results.md "Demo").
 """
 
 from experiments.configs import default

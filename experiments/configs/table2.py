@@ -7,7 +7,7 @@ Command:
   # a subset of the backbones: --config.backbones=srgnn,gcegnn
 Writes table2.md / table2.csv / table2.png in the workdir, with the improvement of each LLM4SBR(X) over X. Paper
 (Beauty, P@20 / MRR@20): SR-GNN 14.86 / 3.99 -> 16.30 / 5.00; TAGNN 15.23 / 3.97 -> 16.76 / 5.05; GCE-GNN
-12.38 / 4.54 -> 18.08 / 4.80. See README "Results" for ours.
+12.38 / 4.54 -> 18.08 / 4.80. See docs/results.md for ours.
 """
 
 from experiments.configs import default
