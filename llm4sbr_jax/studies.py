@@ -157,7 +157,8 @@ def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict
       lines.append(f"| {label} vs {base} | {n} | " + " | ".join(
           f"[{ci[c][0]:+.1f}, {ci[c][1]:+.1f}]" if np.isfinite(ci[c][0]) else "n/a" for c in PAPER_COLUMNS) + " |")
     sections.append("**improvement %, paired bootstrap 95% interval** over the test samples (test @ best valid "
-                    "epoch, 1000 resamples; an interval containing 0 is not a significant difference)\n\n"
+                    "epoch, 1000 resamples; an interval containing 0 is not a significant difference; n/a: the "
+                    "compared-with variant scores 0 in some resample)\n\n"
                     + "\n".join(lines))
   if paper:
     lines = ["| | paper P@20 | paper MRR@20 |", "|---|---:|---:|"]
