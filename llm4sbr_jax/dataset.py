@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -37,6 +38,20 @@ def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
   offsets = np.zeros(len(counts) + 1, np.int64)
   np.cumsum(np.asarray(counts, np.int64), out=offsets[1:])
   return offsets
+
+
+def write_atomic(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary sibling and a rename, so a kill never leaves a partial file."""
+  with open(path + ".tmp", "wb") as f:
+    f.write(data)
+  os.replace(path + ".tmp", path)
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+  """Saves an array (no pickle) to `path` atomically."""
+  buf = io.BytesIO()
+  np.save(buf, array, allow_pickle=False)
+  write_atomic(path, buf.getvalue())
 
 
 def ragged_take(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

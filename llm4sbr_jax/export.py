@@ -21,22 +21,23 @@ import pickle
 
 import numpy as np
 
-from llm4sbr_jax.dataset import SPLITS, ProcessedDataset, Split
+from llm4sbr_jax.dataset import SPLITS, ProcessedDataset, Split, write_atomic
 from llm4sbr_jax.models.gcegnn import graph_sequences
+
+
+def _lists(items: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+  """CSR sequences as plain Python lists of ints."""
+  items, offsets = np.asarray(items, np.int64), np.asarray(offsets, np.int64)
+  return [p.tolist() for p in np.split(items, offsets[1:-1])] if len(offsets) > 1 else []
 
 
 def srgnn_lists(split: Split) -> tuple[list[list[int]], list[int]]:
   """A split as SR-GNN's `(seqs, labels)`: plain Python lists of ints."""
-  items = np.asarray(split.items, np.int64)
-  offsets = np.asarray(split.offsets, np.int64)
-  seqs = [p.tolist() for p in np.split(items, offsets[1:-1])] if len(split) else []
-  return seqs, np.asarray(split.targets, np.int64).tolist()
+  return _lists(split.items, split.offsets), np.asarray(split.targets, np.int64).tolist()
 
 
 def _dump(obj, path: str) -> str:
-  with open(path + ".tmp", "wb") as f:
-    pickle.dump(obj, f, protocol=4)  # Readable by every Python 3 the official code runs on.
-  os.replace(path + ".tmp", path)
+  write_atomic(path, pickle.dumps(obj, protocol=4))  # Readable by every Python 3 the official code runs on.
   return path
 
 
@@ -56,7 +57,5 @@ def export_srgnn(ds: ProcessedDataset, out_dir: str) -> list[str]:
         os.remove(path)
       continue
     written.append(_dump(srgnn_lists(split), path))
-  items, offsets = graph_sequences(ds.splits["train"])
-  seqs = [p.tolist() for p in np.split(items, offsets[1:-1])] if len(offsets) > 1 else []
-  written.append(_dump(seqs, os.path.join(out_dir, "all_train_seq.txt")))
+  written.append(_dump(_lists(*graph_sequences(ds.splits["train"])), os.path.join(out_dir, "all_train_seq.txt")))
   return written

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 from typing import Sequence
@@ -239,11 +238,7 @@ def _save_cache(path: str, array: np.ndarray) -> None:
   """Writes a cache file atomically; a read-only stage-1 directory just means no cache."""
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    with open(path + ".tmp", "wb") as f:
-      f.write(buf.getvalue())
-    os.replace(path + ".tmp", path)
+    dataset_lib.save_npy(path, array)
   except OSError:
     pass
 

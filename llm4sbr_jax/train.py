@@ -199,7 +199,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     improved = _better(record[select_split], best, config.select_metric)
     best = record[select_split] if improved else best
     if improved and "test" in ranks:  # the selected epoch's per-sample test ranks (for paired bootstrap intervals)
-      _save_npy(os.path.join(workdir, RANKS_FILE), ranks["test"])
+      dataset_lib.save_npy(os.path.join(workdir, RANKS_FILE), ranks["test"])
     meta["bad_epochs"] = 0 if improved else meta["bad_epochs"] + 1
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(exp.runner.unreplicate(state)),
                                                 meta=ocp.args.JsonSave(meta)))
@@ -217,14 +217,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                   "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  plotting.plot_curves(history, os.path.join(workdir, "curves.png"), title=f"{model_label(config)} on {exp.dataset.name}")
+  plotting.plot_curves(history, os.path.join(workdir, "curves.png"),
+                       title=f"{model_label(config)} on {exp.dataset.name}")
   return results
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-  with open(path + ".tmp", "wb") as f:
-    np.save(f, array, allow_pickle=False)
-  os.replace(path + ".tmp", path)
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:

@@ -14,13 +14,13 @@ Layout of an output directory::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any
 
 import numpy as np
 
+from llm4sbr_jax import dataset as dataset_lib
 from llm4sbr_jax.raw import file_digest
 
 FORMAT_VERSION = 1
@@ -47,13 +47,7 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
-def save_npy(path: str, array: np.ndarray) -> None:
-  """Saves an array (no pickle) to `path` atomically."""
-  buf = io.BytesIO()
-  np.save(buf, array, allow_pickle=False)
-  with open(path + ".tmp", "wb") as f:
-    f.write(buf.getvalue())
-  os.replace(path + ".tmp", path)
+save_npy = dataset_lib.save_npy  # atomic, no pickle
 
 
 def shard_dir(out_dir: str, split: str, index: int) -> str:

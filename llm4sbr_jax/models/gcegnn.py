@@ -49,6 +49,7 @@ node representation h of the last click with the short-term one; the bare sessio
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm4sbr_jax.dataset import ProcessedDataset, Split, offsets_from_counts, ragged_take
+from llm4sbr_jax.dataset import ProcessedDataset, Split, offsets_from_counts, ragged_take, write_atomic
 from llm4sbr_jax.graphs import SessionBatch
 from llm4sbr_jax.models.base import BackboneOutput, uniform_init
 
@@ -162,22 +163,22 @@ def cached_global_graph(dataset: ProcessedDataset, directory: Optional[str], sam
   A cache made from another fingerprint is rebuilt (with a warning); an unwritable directory just skips caching.
   """
   path = None if not directory else os.path.join(directory, "cache", f"gcegnn_graph_eps{epsilon}_top{sample_num}.npz")
+  expected = {"fingerprint": dataset.fingerprint, "version": CACHE_VERSION}  # the fingerprint hashes every split
   if path and os.path.exists(path):
     with np.load(path, allow_pickle=False) as z:
       meta = json.loads(str(z["meta"]))
-      if meta == {"fingerprint": dataset.fingerprint, "version": CACHE_VERSION}:
+      if meta == expected:
         return z["neighbours"], z["weights"]
     log.warning("%s was built from dataset %s, but %s is %s: rebuilding it", path, meta.get("fingerprint", "?")[:12],
-                directory, dataset.fingerprint[:12])
+                directory, expected["fingerprint"][:12])
   items, offsets = graph_sequences(dataset.splits["train"])
   neighbours, weights = build_global_graph(items, offsets, dataset.num_items, sample_num, epsilon)
   if path:
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      meta = json.dumps({"fingerprint": dataset.fingerprint, "version": CACHE_VERSION})
-      with open(path + ".tmp", "wb") as f:
-        np.savez(f, neighbours=neighbours, weights=weights, meta=np.array(meta))
-      os.replace(path + ".tmp", path)
+      buf = io.BytesIO()
+      np.savez(buf, neighbours=neighbours, weights=weights, meta=np.array(json.dumps(expected)))
+      write_atomic(path, buf.getvalue())
     except OSError as e:
       log.warning("could not cache the global graph in %s (%s); it is rebuilt next run", path, e)
   return neighbours, weights
