@@ -2,13 +2,16 @@
 
   python experiments/benchmark.py --dataset_dir data/processed/beauty_paper_valid   # real Beauty + the ML-1M shape
   python experiments/benchmark.py --backbones=gcegnn --shapes=ml-1m --torch_batches=5
+  python experiments/benchmark.py --backbones=s2dhcn@s2dhcn.form=matrix,s2dhcn@s2dhcn.form=factored --frameworks=jax
 
 Data: the processed dataset given by `--dataset_dir` (shape "real": its train and test splits, e.g. real Beauty), and
 synthetic sessions shaped like Beauty (12,101 items, mean prefix length 8.7) and ML-1M (3,416 items, mean prefix
 length 17.6, max 200) at batch 100 / hidden 100. Each (backbone, framework, shape) runs in its own child process so
 peak RSS is its own. Reported: training and evaluation sessions/s (the first step, which compiles, timed apart as
 compile time), peak RSS, the JAX / PyTorch ratios, and the host-side build time of what the backbone's batches need
-(GCE-GNN's global graph). The PyTorch side builds every batch the official way (per-sample Python loop, padding to
+(GCE-GNN's global graph, S2-DHCN's hypergraph). A backbone may carry config overrides for the JAX side
+(`name@key=value@key=value`). Both sides train with the backbone's official objective and optimiser (S2-DHCN:
+CE + beta * SSL, no weight decay: the reference's `training_loss` and `weight_decay`). The PyTorch side builds every batch the official way (per-sample Python loop, padding to
 the split's longest prefix, dense adjacency; `build_baseline` in each `experiments/torch_<backbone>.py`) and runs
 torch with `--torch_threads` threads. Runs unchanged on a GPU (JAX picks it up; torch uses CUDA when available).
 Writes benchmark.md and benchmark.json.
@@ -28,7 +31,8 @@ from llm4sbr_jax import hostmem  # pylint: disable=wrong-import-position  (stdli
 
 _SHAPES = flags.DEFINE_list("shapes", ["real", "ml-1m"], "'real' (--dataset_dir) and/or llm4sbr_jax.synthetic.SHAPES.")
 _DATASET_DIR = flags.DEFINE_string("dataset_dir", "", "Processed dataset for the 'real' shape.")
-_BACKBONES = flags.DEFINE_list("backbones", ["srgnn", "tagnn", "gcegnn"], "Backbones (models/registry.py).")
+_BACKBONES = flags.DEFINE_list("backbones", ["srgnn", "tagnn", "gcegnn", "s2dhcn"],
+                               "Backbones (models/registry.py), each optionally `name@key=value@...` (JAX config).")
 _FRAMEWORKS = flags.DEFINE_list("frameworks", ["jax", "torch"], "Which sides to run (ratios need both).")
 _SAMPLES = flags.DEFINE_integer("samples", 30000, "Synthetic prefix samples per shape.")
 _JAX_BATCHES = flags.DEFINE_integer("jax_batches", 100, "Timed JAX training batches.")
@@ -51,6 +55,20 @@ def _data(shape):
   return ds, num_items
 
 
+def _parse(backbone):
+  """'name@key=value@...' -> (name, {key: value}) with values parsed as Python literals where they are ones."""
+  import ast  # pylint: disable=g-import-not-at-top
+  name, *pairs = backbone.split("@")
+  overrides = {}
+  for pair in pairs:
+    key, _, value = pair.partition("=")
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return name, overrides
+
+
 def measure_jax(shape, backbone):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -63,8 +81,13 @@ def measure_jax(shape, backbone):
   graph_seconds = time.perf_counter() - t
   devices = jax.local_devices()
   budget = graphs.compute_budget([g_train, g_test], BATCH // len(devices))
+  from llm4sbr_jax.models import registry  # pylint: disable=g-import-not-at-top
   config = default.get_config()
-  config.hidden, config.backbone = HIDDEN, backbone  # no dataset_dir: GCE-GNN builds its graph (timed), no cache
+  config.hidden, (config.backbone, overrides) = HIDDEN, _parse(backbone)  # no dataset_dir: graphs built (timed)
+  for key, value in overrides.items():
+    group, _, leaf = key.rpartition(".")
+    (config[group] if group else config)[leaf] = value
+  config = registry.official_config(config)
   t = time.perf_counter()
   task = tasks.build_task(config, ds)  # the bare backbone, as experiments/train.py builds it
   tables_seconds = time.perf_counter() - t
@@ -114,10 +137,11 @@ def measure_torch(shape, backbone):
   device = "cuda" if torch.cuda.is_available() else "cpu"
   ds, num_items = _data(shape)
   train, test = ds.splits["train"], ds.splits["test"]
-  reference = importlib.import_module(f"experiments.torch_{backbone}")
+  reference = importlib.import_module(f"experiments.torch_{_parse(backbone)[0]}")
   model, make_batch = reference.build_baseline(train, num_items, HIDDEN)
   model = model.to(device)
-  opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+  opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=getattr(model, "weight_decay", 1e-5))
+  objective = getattr(model, "training_loss", lambda b, t: torch.nn.functional.cross_entropy(model(b), t))
   order = np.random.default_rng(0).permutation(len(train))
 
   def batch_of(split, idx):
@@ -127,7 +151,7 @@ def measure_torch(shape, backbone):
   def step(idx):
     model.train()
     targets = torch.tensor(np.asarray(train.targets)[idx] - 1, dtype=torch.long, device=device)
-    loss = torch.nn.functional.cross_entropy(model(batch_of(train, idx)), targets)
+    loss = objective(batch_of(train, idx), targets)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -155,7 +179,7 @@ def _table(results):
   lines = ["| backbone | shape | framework | train sess/s | eval sess/s | compile / first step (s) | peak RSS (MB) |",
            "|---|---|---|---:|---:|---:|---:|"]
   for key, r in results.items():
-    backbone, shape = key.split(":")
+    backbone, shape = key.rsplit(":", 1)
     for fw in ("jax", "torch"):
       if fw in r:
         m = r[fw]
@@ -171,7 +195,7 @@ def _table(results):
 def main(argv):
   del argv
   if _CHILD.value:
-    fw, backbone, shape = _CHILD.value.split(":")
+    fw, backbone, shape = _CHILD.value.split(":")  # backbone may hold '@' overrides, never ':'
     measure = measure_jax if fw == "jax" else measure_torch
     print("RESULT " + json.dumps(measure(shape, backbone)))
     return

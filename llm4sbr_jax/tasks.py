@@ -5,7 +5,8 @@ count)})` with a `spec` {name: (weight, is_log_mean)} telling the parallel step 
 devices; `rng` is the step's key (dropout), None at evaluation. Per-sample side data (LLM4SBR's intent embeddings,
 gathered into every batch's `intents`): `side_shape` is one sample's row shape, known up front so the steps compile
 before `load_side()` reads the per-split arrays [N, ...]. `node_tables` are the backbone's per-item tables that every
-batch carries for its nodes (GCE-GNN's global neighbours).
+batch carries for its nodes (GCE-GNN's global neighbours). A backbone's own extra loss terms (S2-DHCN's
+self-supervised term) are sown into the `losses` collection as (sum, count) and weighted by its registry entry.
 
 Models: `config.backbone` names a registered backbone (`models/registry.py`), and `config.llm4sbr` chooses
   * False: the bare backbone (CE loss);
@@ -21,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from llm4sbr_jax import intents as intents_lib
 from llm4sbr_jax.dataset import ProcessedDataset
@@ -61,34 +63,42 @@ def _rngs(rng: Optional[jax.Array]) -> dict[str, jax.Array]:
   return {} if rng is None else {"dropout": rng}
 
 
+def _apply(model, params, *args, train: bool, rng: Optional[jax.Array]):
+  """(output, {name: (sum, count)} of the loss terms the backbone sowed into `losses`)."""
+  out, state = model.apply(params, *args, train=train, rngs=_rngs(rng), mutable=["losses"])
+  sown = traverse_util.flatten_dict(state.get("losses", {}), is_leaf=lambda _, v: isinstance(v, tuple))
+  return out, {path[-1]: value for path, value in sown.items()}
+
+
 def build_task(config: Any, dataset: ProcessedDataset) -> Task:
   """The bare backbone `config.backbone`, or LLM4SBR around it when `config.llm4sbr`."""
   spec = registry.get(config.backbone)
   backbone = spec.build(config, dataset)
   tables = dict(spec.node_tables(config, dataset)) if spec.node_tables else None
+  extra_spec = {name: (weight, False) for name, weight in (spec.losses(config) if spec.losses else {}).items()}
   if not config.llm4sbr:
     model = Recommender(backbone)
 
     def terms(params, batch, train, rng=None):
-      scores = model.apply(params, batch, train=train, rngs=_rngs(rng))  # [G, n]
-      return scores, {"ce": llm4sbr_lib.cross_entropy(scores, batch.targets, batch.graph_mask)}
+      scores, named = _apply(model, params, batch, train=train, rng=rng)  # [G, n]
+      return scores, {"ce": llm4sbr_lib.cross_entropy(scores, batch.targets, batch.graph_mask), **named}
 
-    return Task(init=lambda rng, batch: model.init(rng, batch, train=False), terms=terms, spec={"ce": (1.0, False)},
-                node_tables=tables)
+    return Task(init=lambda rng, batch: model.init(rng, batch, train=False), terms=terms,
+                spec={"ce": (1.0, False), **extra_spec}, node_tables=tables)
 
   perspectives, pairing = tuple(config.perspectives), tuple(config.pairing)
   model = llm4sbr_lib.LLM4SBR(backbone=backbone, hidden=config.hidden, perspectives=perspectives, pairing=pairing,
                               fusion=config.fusion)
   paired = [p for p, q in zip(perspectives, pairing) if q != "none"]
-  spec = {"ce": (1.0, False)}
+  spec = {"ce": (1.0, False), **extra_spec}
   for p in paired:
     spec.update({f"align/{p}": (config.tau, False), f"uniform_intent/{p}": (config.tau / 2, True),
                  f"uniform_session/{p}": (config.tau / 2, True)})
 
   def terms(params, batch, train, rng=None):
-    out = model.apply(params, batch, batch.intents, train=train, rngs=_rngs(rng))
+    out, named = _apply(model, params, batch, batch.intents, train=train, rng=rng)
     t = llm4sbr_lib.loss_terms(out, batch.targets, batch.graph_mask)
-    named = {"ce": (t.ce_sum, t.count)}
+    named["ce"] = (t.ce_sum, t.count)
     for q, p in enumerate(paired):
       named.update({f"align/{p}": (t.align_sum[q], t.count), f"uniform_intent/{p}": (t.unif_intent_sum[q], t.n_pairs),
                     f"uniform_session/{p}": (t.unif_session_sum[q], t.n_pairs)})

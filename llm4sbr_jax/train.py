@@ -163,6 +163,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the results dict."""
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
+  config = registry.official_config(config)
   exp = Experiment(config)
   select_split = "valid" if "valid" in exp.splits else "test"
   log.info("dataset %s: %s; budget per device batch %s; devices %d (%s)", exp.dataset.name,

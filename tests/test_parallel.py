@@ -11,12 +11,13 @@ from llm4sbr_jax import graphs, metrics, parallel, synthetic, tasks
 NUM_ITEMS, HIDDEN = 80, 32
 
 
-def _setup(backbone):
+def _setup(backbone, **overrides):
   assert jax.local_device_count() == 4, "conftest sets 4 fake CPU devices"
   ds = synthetic.make_dataset(NUM_ITEMS, 600, 5.0, 20, seed=0)
   sg = graphs.build_session_graphs(ds.splits["train"])
   config = default.get_config()
   config.hidden, config.backbone = HIDDEN, backbone
+  config.update(overrides)
   task = tasks.build_task(config, ds)  # the bare backbone
   budget1 = graphs.compute_budget(sg, 40)
   first, _ = next(graphs.iterate_batches(sg, np.arange(40), budget1, node_tables=task.node_tables))
@@ -50,9 +51,9 @@ def _run(setup, mode, devices, steps=1):
 
 
 @pytest.mark.parametrize("mode,backbone", [("shard_map", "srgnn"), ("pmap", "srgnn"), ("shard_map", "tagnn"),
-                                           ("shard_map", "gcegnn")])
+                                           ("shard_map", "gcegnn"), ("shard_map", "s2dhcn")])
 def test_four_device_step_equals_single_device_step(mode, backbone):
-  setup = _setup(backbone)
+  setup = _setup(backbone, s2dhcn={"beta": 0.0})  # S2-DHCN: SSL off; its per-device line graph is tested below
   single, loss1, eval1 = _run(setup, "shard_map", jax.local_devices()[:1], steps=2)
   multi, loss4, eval4 = _run(setup, mode, jax.local_devices(), steps=2)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
@@ -68,7 +69,17 @@ def test_four_device_step_equals_single_device_step(mode, backbone):
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-4  # the step really updated the parameters
 
 
-@pytest.mark.parametrize("mode,backbone", [("shard_map", "srgnn"), ("pmap", "srgnn"), ("shard_map", "gcegnn")])
+def test_s2dhcn_ssl_term_is_per_device():
+  """Each device builds the line graph and corruption of its own shard: the SSL term depends on the device count
+  (documented in models/s2dhcn.py), while the CE term does not."""
+  setup = _setup("s2dhcn")
+  _, loss1, _ = _run(setup, "shard_map", jax.local_devices()[:1])
+  _, loss4, _ = _run(setup, "shard_map", jax.local_devices())
+  assert np.isfinite(loss4).all() and abs(loss4[0] - loss1[0]) > 1e-6
+
+
+@pytest.mark.parametrize("mode,backbone", [("shard_map", "srgnn"), ("pmap", "srgnn"), ("shard_map", "gcegnn"),
+                                           ("shard_map", "s2dhcn")])
 def test_step_is_traced_once_across_batches(mode, backbone):
   parallel.TRACE_COUNTS.clear()
   _, losses, _ = _run(_setup(backbone), mode, jax.local_devices(), steps=4)

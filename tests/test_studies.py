@@ -21,7 +21,7 @@ def test_table2_and_ablation_share_the_llm4sbr_run(tmp_path):
 
   def run(config, workdir):
     calls.append(workdir)
-    base = {"srgnn": 10.0, "tagnn": 20.0, "gcegnn": 40.0}[config.backbone]
+    base = {"srgnn": 10.0, "tagnn": 20.0, "gcegnn": 40.0, "s2dhcn": 30.0}[config.backbone]
     os.makedirs(workdir, exist_ok=True)
     ranks = np.random.default_rng(0).integers(1, 40, 500)
     np.save(os.path.join(workdir, "test_ranks.npy"), np.maximum(1, ranks - 5) if config.llm4sbr else ranks)
@@ -29,13 +29,14 @@ def test_table2_and_ablation_share_the_llm4sbr_run(tmp_path):
 
   studies.run_study("table2", table2.get_config(), str(tmp_path), run)
   text = (tmp_path / "table2.md").read_text()
-  for label in ("SR-GNN", "TAGNN", "GCE-GNN"):  # each LLM4SBR(X) against its own bare X
+  for label in ("SR-GNN", "TAGNN", "GCE-GNN", "S2-DHCN"):  # each LLM4SBR(X) against its own bare X
     assert f"improvement % (LLM4SBR({label}) vs {label}) | +20.00 |" in text
   assert "| LLM4SBR(GCE-GNN) | 18.08 | 4.80 |" in text  # the paper's Beauty values beside ours
+  assert "| LLM4SBR(S2-DHCN) | 17.48 | 5.15 |" in text
   assert "paired bootstrap 95% interval" in text and "| LLM4SBR(TAGNN) vs TAGNN | 500 | [+" in text
   rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
   assert {r["variant"] for r in rows} == {"SR-GNN", "LLM4SBR(SR-GNN)", "TAGNN", "LLM4SBR(TAGNN)", "GCE-GNN",
-                                          "LLM4SBR(GCE-GNN)"} and len(rows) == 12
+                                          "LLM4SBR(GCE-GNN)", "S2-DHCN", "LLM4SBR(S2-DHCN)"} and len(rows) == 16
   assert (tmp_path / "table2.png").stat().st_size > 1000
   studies.run_study("ablation", ablation.get_config(), str(tmp_path), run)
   dirs = [p.split("/")[-1] for p in calls]
@@ -48,7 +49,7 @@ def test_ablation_and_fsweep_take_any_backbone():
   c.backbone = "gcegnn"
   assert all(o["backbone"] == "gcegnn" and o["llm4sbr"] for _, o in studies.variants("ablation", c))
   c.backbone = "dcn"
-  with pytest.raises(ValueError, match="registered: gcegnn, srgnn, tagnn"):
+  with pytest.raises(ValueError, match="registered: gcegnn, s2dhcn, srgnn, tagnn"):
     studies.variants("fsweep", c)
 
 

@@ -122,7 +122,7 @@ def test_experiment_compiles_before_loading_the_intents(setup, monkeypatch):
 
 def test_unknown_backbone_and_source_are_rejected(setup):
   ds, root = setup
-  with pytest.raises(ValueError, match="unknown backbone 'gru4rec'; registered: gcegnn, srgnn, tagnn"):
+  with pytest.raises(ValueError, match="unknown backbone 'gru4rec'; registered: gcegnn, s2dhcn, srgnn, tagnn"):
     tasks.build_task(_config(root, backbone="gru4rec"), ds)
   c = _config(root)
   c.intents.source = "tweets"
@@ -131,13 +131,14 @@ def test_unknown_backbone_and_source_are_rejected(setup):
 
 
 @pytest.mark.parametrize("backbone,fusion", [("tagnn", "concat"), ("tagnn", "gate"), ("gcegnn", "concat"),
-                                             ("gcegnn", "gate")])
+                                             ("gcegnn", "gate"), ("s2dhcn", "concat"), ("s2dhcn", "gate")])
 def test_llm4sbr_trains_on_every_backbone(setup, backbone, fusion):
   _, root = setup
   exp = train.Experiment(_config(root, backbone=backbone, fusion=fusion))
   host = exp.init_state()
   state, report = exp.runner.train_step(exp.runner.replicate(host), _one_device_batch(exp), 1e-3)
   assert np.isfinite(float(report["loss"])) and float(report["align/long-term"]) > 0
+  assert set(report) - {"loss", "ce"} >= set(exp.task.spec) - {"ce"}  # the backbone's own terms (S2-DHCN's ssl) too
   p = host.params["params"]
   assert {"backbone", "text_proj", "fusion" if fusion == "concat" else "linear_transform"} <= set(p)
   assert "head" not in p["backbone"]  # LLM4SBR's fusion replaces the bare head: no unused parameters

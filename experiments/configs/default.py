@@ -1,6 +1,6 @@
 """A backbone (default SR-GNN) with the paper's settings (section 4.1.3) on a processed dataset.
 
-`--config.backbone` picks the backbone (srgnn, tagnn, gcegnn; llm4sbr_jax/models/registry.py) and
+`--config.backbone` picks the backbone (srgnn, tagnn, gcegnn, s2dhcn; llm4sbr_jax/models/registry.py) and
 `--config.llm4sbr=True` wraps it in LLM4SBR.
 
 Command:
@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.lr_decay = 0.1
   c.lr_decay_every = 3
   c.weight_decay = 1e-5  # coupled L2, like torch Adam(weight_decay)
+  c.official_settings = True  # apply the backbone's official training settings (registry `official`) over these
   c.seed = 0
   c.parallel = "shard_map"  # or "pmap"
   c.budget_std = 4.0  # batch budgets: mean + budget_std * std per batch
@@ -42,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.gcegnn.dropout_local = 0.0
   c.gcegnn.dropout_global = 0.5
   c.gcegnn.dropout_gcn = 0.0
+  c.s2dhcn = ml_collections.ConfigDict()
+  c.s2dhcn.layers = 3  # hypergraph and line-graph layers
+  c.s2dhcn.beta = 0.01  # SSL weight (official README: 0.01 Diginetica, 0.02 Tmall)
+  c.s2dhcn.form = "auto"  # hypergraph product: "matrix", "factored" or "auto" (fewer gathered rows)
   # LLM4SBR (llm4sbr = True); ignored by a bare backbone.
   c.perspectives = ("long-term", "short-term")
   c.pairing = ("global", "local")  # official pairing: long-term <-> global, short-term <-> local

@@ -216,6 +216,36 @@ def node_dropout(x: jax.Array, rate: float, key: Optional[jax.Array], sample: ja
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def soft_readout(module: nn.Module, seq_h: jax.Array, batch: SessionBatch, count: jax.Array, positions: int,
+                 w_1: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """The soft-attention readout with *reversed* position embeddings (GCE-GNN, S2-DHCN); [G, d].
+
+  `z = tanh(w_1([p_rev ; h_i]))`, `z = sigmoid(glu1(z) + glu2(mean_i h_i))`, `beta = z w_2` (no softmax),
+  `S = sum_i beta_i h_i`; position 0 is the most recent click. Creates `pos_embedding`, `glu1`, `glu2`, `w_2` in
+  `module` (call it from the module's compact `__call__`).
+
+  Args:
+    module: the backbone creating the parameters.
+    seq_h: [P, d] the vector of every click position.
+    batch: the packed batch (positions, masks).
+    count: [G] clicks per session (at least 1).
+    positions: rows of the position table.
+    w_1: [P, 2d] -> [P, d], the backbone's first projection.
+  """
+  d, init = seq_h.shape[-1], uniform_init(seq_h.shape[-1])
+  num_graphs, num_pos = count.shape[0], batch.pos_node.shape[0]
+  mask = batch.pos_mask[:, None].astype(seq_h.dtype)  # [P, 1]
+  ends = jnp.cumsum(jax.ops.segment_sum(batch.pos_mask.astype(jnp.int32), batch.pos_graph, num_graphs))  # [G]
+  rev_pos = jnp.clip(ends[batch.pos_graph] - 1 - jnp.arange(num_pos), 0, positions - 1)  # [P]
+  pos = module.param("pos_embedding", init, (positions, d))[rev_pos]  # [P, d]
+  hs = jax.ops.segment_sum(seq_h * mask, batch.pos_graph, num_graphs) / count[:, None]  # [G, d]
+  z = jnp.tanh(w_1(jnp.concatenate([pos, seq_h], -1)))  # [P, d]
+  z = jax.nn.sigmoid(nn.Dense(d, kernel_init=init, bias_init=init, name="glu1")(z)
+                     + nn.Dense(d, use_bias=False, kernel_init=init, name="glu2")(hs)[batch.pos_graph])
+  beta = (z @ module.param("w_2", init, (d, 1))) * mask  # [P, 1]
+  return jax.ops.segment_sum(beta * seq_h, batch.pos_graph, num_graphs)  # [G, d]
+
+
 class LocalAggregator(nn.Module):
   """Attention over each node's incoming relation messages (self loop + the three session relations)."""
 
@@ -315,18 +345,7 @@ class GCEGNN(nn.Module):
     h_global = vectors[0][:, 0]  # [N, d]
     h = drop(h_local, self.dropout_local, 1000) + drop(h_global, self.dropout_global, 1001)  # [N, d]
 
-    # Readout with reversed position embeddings.
-    seq_h = h[batch.pos_node]  # [P, d]
-    mask = batch.pos_mask[:, None].astype(h.dtype)  # [P, 1]
-    num_pos = batch.pos_node.shape[0]
-    ends = jnp.cumsum(jax.ops.segment_sum(batch.pos_mask.astype(jnp.int32), batch.pos_graph, num_graphs))  # [G]
-    rev_pos = jnp.clip(ends[batch.pos_graph] - 1 - jnp.arange(num_pos), 0, self.positions - 1)  # [P]
-    pos = self.param("pos_embedding", init, (self.positions, d))[rev_pos]  # [P, d]
-    hs = jax.ops.segment_sum(seq_h * mask, batch.pos_graph, num_graphs) / count[:, None]  # [G, d]
-    z = jnp.tanh(jnp.concatenate([pos, seq_h], -1) @ self.param("w_1", init, (2 * d, d)))  # [P, d]
-    z = jax.nn.sigmoid(nn.Dense(d, kernel_init=init, bias_init=init, name="glu1")(z)
-                       + nn.Dense(d, use_bias=False, kernel_init=init, name="glu2")(hs)[batch.pos_graph])
-    beta = (z @ self.param("w_2", init, (d, 1))) * mask  # [P, 1]
-    select = jax.ops.segment_sum(beta * seq_h, batch.pos_graph, num_graphs)  # [G, d]
+    w_1 = lambda x: x @ self.param("w_1", init, (2 * d, d))  # no bias
+    select = soft_readout(self, h[batch.pos_node], batch, count, self.positions, w_1)  # [G, d]
     return BackboneOutput(local=h[batch.last_node], global_=select, items=table,
                           session=select if head else None)

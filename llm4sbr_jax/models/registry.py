@@ -8,13 +8,16 @@ backbone is the separate `config.llm4sbr` choice.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import numpy as np
 
 from llm4sbr_jax.dataset import ProcessedDataset
-from llm4sbr_jax.models import gcegnn, srgnn, tagnn
+from llm4sbr_jax.models import gcegnn, s2dhcn, srgnn, tagnn
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +29,18 @@ class BackboneSpec:
     build: (config, dataset) -> the linen backbone module (named "backbone").
     node_tables: optional (config, dataset) -> {name: [n + 1, ...]} per-item tables whose rows every batch carries
       for its nodes (`SessionBatch.extra`), built on the host once per run.
+    losses: optional config -> {name: weight} of the extra loss terms the backbone sows into the `losses`
+      collection as (sum, count) during training (S2-DHCN's self-supervised term).
+    official: the official code's training settings where they differ from the project defaults (config keys),
+      applied by `official_config` unless `config.official_settings` is False.
     paper: the paper's Table 2 P@20 / MRR@20 (bare, LLM4SBR) per dataset, for the reports.
   """
 
   label: str
   build: Callable[[Any, ProcessedDataset], nn.Module]
   node_tables: Optional[Callable[[Any, ProcessedDataset], Mapping[str, np.ndarray]]] = None
+  losses: Optional[Callable[[Any], Mapping[str, float]]] = None
+  official: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   paper: Mapping[str, Mapping[str, tuple[float, float]]] = dataclasses.field(default_factory=dict)
 
 
@@ -60,8 +69,15 @@ BACKBONES: dict[str, BackboneSpec] = {
             ds.num_items, c.hidden, positions=max(gcegnn.OFFICIAL_POSITIONS, _longest_prefix(ds)), hop=c.gcegnn.hop,
             sample_num=c.gcegnn.sample_num, dropout_local=c.gcegnn.dropout_local,
             dropout_global=c.gcegnn.dropout_global, dropout_gcn=c.gcegnn.dropout_gcn, name="backbone"),
-        node_tables=_gcegnn_tables,
+        node_tables=_gcegnn_tables, official={"patience": 3},
         paper={"beauty": {"bare": (12.38, 4.54), "llm4sbr": (18.08, 4.80)}}),
+    "s2dhcn": BackboneSpec(
+        "S2-DHCN", lambda c, ds: s2dhcn.S2DHCN(
+            ds.num_items, s2dhcn.build_hypergraph(ds.splits["train"], ds.num_items, c.s2dhcn.form), c.hidden,
+            layers=c.s2dhcn.layers, positions=max(gcegnn.OFFICIAL_POSITIONS, _longest_prefix(ds)), name="backbone"),
+        losses=lambda c: {"ssl": c.s2dhcn.beta * c.batch_size},  # beta x the official batch SUM
+        official={"weight_decay": 0.0, "lr_decay": 1.0},  # Adam without L2 or schedule
+        paper={"beauty": {"bare": (17.54, 3.99), "llm4sbr": (17.48, 5.15)}}),
 }
 
 
@@ -70,3 +86,20 @@ def get(name: str) -> BackboneSpec:
   if name not in BACKBONES:
     raise ValueError(f"config.backbone: unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONES))}")
   return BACKBONES[name]
+
+
+def official_config(config: Any) -> Any:
+  """`config` with its backbone's official training settings (`BackboneSpec.official`), each change logged.
+
+  Off with `config.official_settings = False` (then the config's own values are used as they are).
+  """
+  official = get(config.backbone).official
+  if not config.get("official_settings", True) or not official:
+    return config
+  config = config.copy_and_resolve_references()
+  for key, value in official.items():
+    if config[key] != value:
+      log.info("%s official setting: %s %s -> %s (--config.official_settings=False keeps yours)",
+               config.backbone, key, config[key], value)
+      config[key] = value
+  return config

@@ -1,0 +1,109 @@
+"""Where one training step's time goes, for any backbone: host packing, transfer, device, and XLA ops by group.
+
+  python experiments/profile.py --config experiments/configs/default.py \
+    --config.dataset_dir data/processed/beauty_paper_valid --config.backbone=srgnn --out runs/profile_srgnn
+
+Builds the run exactly as experiments/train.py does (same config, budgets, compiled step), then over `--steps`
+training batches times: packing a batch on the host (`graphs.pack`), moving it to the devices, and the device
+step alone (on an already transferred batch, blocking); then traces `--steps` more steps with `jax.profiler` and
+sums every XLA op's time by (forward / backward, Flax module path, primitive) (`llm4sbr_jax/profiling.py`).
+Prints and writes profile.md / profile.json to --out. The trace also stays there (TensorBoard / Perfetto).
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llm4sbr_jax import profiling, train  # pylint: disable=g-import-not-at-top
+from llm4sbr_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A training config.")
+_OUT = flags.DEFINE_string("out", "runs/profile", "Output directory.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (and as many traced ones).")
+_DEPTH = flags.DEFINE_integer("depth", 2, "Module path components per op group.")
+_TOP = flags.DEFINE_integer("top", 25, "Op groups listed.")
+flags.mark_flags_as_required(["config"])
+
+
+def _mean_ms(fn, n):
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    fn()
+    times.append(1000 * (time.perf_counter() - t))
+  return float(np.mean(times))
+
+
+def main(argv):
+  del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
+  config = registry.official_config(_CONFIG.value)
+  exp = train.Experiment(config)
+  n, steps = len(exp.splits["train"]), _STEPS.value
+  order = np.random.default_rng(0).permutation(n)
+  batches = exp.batches("train", order)
+  state = exp.runner.replicate(exp.init_state())
+  host = [next(batches)[0] for _ in range(2 * steps + 1)]
+  pack_ms = _mean_ms(lambda: next(batches), steps)
+  put_ms = _mean_ms(lambda: jax.block_until_ready(exp.runner.put_batch(host[0])), steps)
+  state, report = exp.runner.train_step(state, host[0], config.lr)  # warm
+  jax.block_until_ready(report)
+  on_device = [exp.runner.put_batch(b) for b in host[1:steps + 1]]
+  jax.block_until_ready(on_device)
+  step = exp.runner._compiled["train"]  # pylint: disable=protected-access
+  lr = np.float32(config.lr)
+  times = []
+  for b in on_device:
+    t = time.perf_counter()
+    state, report = step(state, b, lr)
+    jax.block_until_ready(report)
+    times.append(1000 * (time.perf_counter() - t))
+  device_ms = float(np.mean(times))
+  t = time.perf_counter()
+  for b in host[steps + 1:]:  # the real loop: pack-ahead iterator, transfer and step overlapped as in training
+    state, report = exp.runner.train_step(state, b, config.lr)
+  jax.block_until_ready(report)
+  loop_ms = 1000 * (time.perf_counter() - t) / steps
+  trace_dir = os.path.join(_OUT.value, "trace")
+  on_device = [exp.runner.put_batch(b) for b in host[1:steps + 1]]
+  jax.block_until_ready(on_device)
+  jax.profiler.start_trace(trace_dir)
+  for b in on_device:
+    state, report = step(state, b, lr)
+  jax.block_until_ready(report)
+  jax.profiler.stop_trace()
+  groups = profiling.op_times(profiling.trace_events(trace_dir), profiling.op_names(step.as_text()), _DEPTH.value)
+  per_step = {k: v / steps for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+  traced = sum(per_step.values())
+  lines = [f"# Profile: {train.model_label(config)} on {exp.dataset.name}, batch {config.batch_size}, "
+           f"{exp.runner.num_devices} x {jax.local_devices()[0].device_kind}", "",
+           "| per training step | ms |", "|---|---:|",
+           f"| host: pack one batch | {pack_ms:.2f} |", f"| host -> device transfer | {put_ms:.2f} |",
+           f"| device step alone (batch on device, blocking) | {device_ms:.2f} |",
+           f"| training loop (pack ahead, transfer, step) | {loop_ms:.2f} |",
+           f"| sum of traced XLA ops | {traced:.2f} |", "",
+           f"| op group (phase module: primitive) | ms / step | % of ops |", "|---|---:|---:|"]
+  for k, v in list(per_step.items())[:_TOP.value]:
+    lines.append(f"| {k} | {v:.2f} | {100 * v / max(traced, 1e-9):.1f} |")
+  text = "\n".join(lines)
+  print(text)
+  os.makedirs(_OUT.value, exist_ok=True)
+  Path(_OUT.value, "profile.md").write_text(text + "\n")
+  Path(_OUT.value, "profile.json").write_text(json.dumps(
+      {"pack_ms": pack_ms, "transfer_ms": put_ms, "device_step_ms": device_ms, "loop_step_ms": loop_ms,
+       "ops_ms_per_step": per_step, "steps": steps, "config": config.to_dict()}, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
