@@ -7,7 +7,8 @@ Builds the run exactly as experiments/train.py does (same config, budgets, compi
 training batches times: packing a batch on the host (`graphs.pack`), moving it to the devices, and the device
 step alone (on an already transferred batch, blocking); then traces `--steps` more steps with `jax.profiler` and
 sums every XLA op's time by (forward / backward, Flax module path, primitive) (`llm4sbr_jax/profiling.py`).
-Prints and writes profile.md / profile.json to --out. The trace also stays there (TensorBoard / Perfetto).
+Prints and writes profile.md / profile.json to --out; the trace (TensorBoard / Perfetto) and the compiled step's
+HLO (step.hlo.txt, whose instruction names the trace events carry) stay there too.
 """
 
 import json
@@ -83,7 +84,9 @@ def main(argv):
     state, report = step(state, b, lr)
   jax.block_until_ready(report)
   jax.profiler.stop_trace()
-  groups = profiling.op_times(profiling.trace_events(trace_dir), profiling.op_names(step.as_text()), _DEPTH.value)
+  hlo = step.as_text()
+  Path(_OUT.value, "step.hlo.txt").write_text(hlo)  # event names in the trace are this module's instructions
+  groups = profiling.op_times(profiling.trace_events(trace_dir), profiling.op_names(hlo), _DEPTH.value)
   per_step = {k: v / steps for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
   traced = sum(per_step.values())
   lines = [f"# Profile: {train.model_label(config)} on {exp.dataset.name}, batch {config.batch_size}, "

@@ -276,9 +276,14 @@ class GlobalAggregator(nn.Module):
                drop: Callable[[jax.Array], jax.Array]) -> jax.Array:
     """own [N, K, d]; nb [N, K, S, d]; wt [N, K, S, 1] raw counts; sess [N, 1, 1, d]. Returns [N, K, d]."""
     d, init = self.hidden, uniform_init(self.hidden)
-    att = _leaky(jnp.concatenate([sess * nb, wt], -1) @ self.param("w_1", init, (d + 1, d)), 0.2)
-    att = jax.nn.softmax(att @ self.param("w_2", init, (d, 1)), axis=2)  # [N, K, S, 1]
-    agg = jnp.sum(att * nb, axis=2)  # [N, K, d]
+    n, k, s, _ = nb.shape
+    w_1 = self.param("w_1", init, (d + 1, d))
+    # [s * h_nb ; w] @ w_1 as two terms on 3-D / flat arrays: XLA:CPU runs forward + backward 5x faster than the
+    # 4-D concat form (whose session-gradient reduction over S alone took a quarter of the step).
+    x = (nb.reshape(n, k * s, d) * sess.reshape(n, 1, d)).reshape(-1, d)  # [N K S, d]
+    att = _leaky(x @ w_1[:d] + wt.reshape(-1, 1) * w_1[d], 0.2)  # [N K S, d]
+    alpha = jax.nn.softmax((att @ self.param("w_2", init, (d, 1))).reshape(n * k, s), axis=1)  # [N K, S]
+    agg = jnp.einsum("ms,msd->md", alpha, nb.reshape(n * k, s, d)).reshape(n, k, d)  # [N, K, d]
     return jax.nn.relu(drop(jnp.concatenate([own, agg], -1)) @ self.param("w_3", init, (2 * d, d)))  # [N, K, d]
 
 

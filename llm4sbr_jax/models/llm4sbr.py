@@ -206,11 +206,35 @@ def cross_entropy(scores: jax.Array, targets: jax.Array, mask: jax.Array) -> tup
   Returns:
     (sum of the negative log-likelihoods over real rows, number of real rows), both float32 scalars.
   """
-  scores = _rows(scores.astype(jnp.float32), mask)  # [G, n]
-  logp = jax.nn.log_softmax(scores, axis=-1)  # [G, n]
   labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, scores.shape[-1] - 1).astype(jnp.int32)  # [G]
-  nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]  # [G]
-  return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask).astype(jnp.float32)
+  nll = _nll(scores.astype(jnp.float32), labels, mask)  # [G]
+  return jnp.sum(nll), jnp.sum(mask).astype(jnp.float32)
+
+
+@jax.custom_vjp
+def _nll(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+  """-log softmax(scores)[label] per real row, 0 on padding rows; [G].
+
+  Its VJP is the closed form `g (softmax - onehot)` in one elementwise pass over [G, n] (autodiff of a log-softmax
+  and a take_along_axis materialises zeros and scatters into them: ~10% of an SR-GNN step on CPU).
+  """
+  return _nll_fwd(scores, labels, mask)[0]
+
+
+def _nll_fwd(scores, labels, mask):
+  lse = jax.nn.logsumexp(scores, axis=-1)  # [G]
+  picked = jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]  # [G]
+  return jnp.where(mask, lse - picked, 0.0), (scores, lse, labels, mask)
+
+
+def _nll_bwd(res, g):
+  scores, lse, labels, mask = res
+  onehot = jnp.arange(scores.shape[-1])[None, :] == labels[:, None]  # [G, n]
+  grad = jnp.where(mask[:, None], g[:, None] * (jnp.exp(scores - lse[:, None]) - onehot), 0.0)  # padding: 0, never NaN
+  return grad, None, None
+
+
+_nll.defvjp(_nll_fwd, _nll_bwd)
 
 
 def alignment(x: jax.Array, y: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
