@@ -8,8 +8,8 @@ Data: the processed dataset given by `--dataset_dir` (shape "real": its train an
 synthetic sessions shaped like Beauty (12,101 items, mean prefix length 8.7) and ML-1M (3,416 items, mean prefix
 length 17.6, max 200) at batch 100 / hidden 100. Each (backbone, framework, shape) runs in its own child process so
 peak RSS is its own. Reported: training and evaluation sessions/s (the first step, which compiles, timed apart as
-compile time), peak RSS, the JAX / PyTorch ratios, and the host-side build time of what the backbone's batches need
-(GCE-GNN's global graph, S2-DHCN's hypergraph). A backbone may carry config overrides for the JAX side
+compile time), peak RSS, the JAX / PyTorch ratios, and the host-side build time of the task: what the backbone needs
+beyond the session graphs (GCE-GNN's global graph, S2-DHCN's hypergraph). A backbone may carry config overrides for the JAX side
 (`name@key=value@key=value`). Both sides train with the backbone's official objective and optimiser (S2-DHCN:
 CE + beta * SSL, no weight decay: the reference's `training_loss` and `weight_decay`). The PyTorch side builds every batch the official way (per-sample Python loop, padding to
 the split's longest prefix, dense adjacency; `build_baseline` in each `experiments/torch_<backbone>.py`) and runs
@@ -80,7 +80,6 @@ def measure_jax(shape, backbone):
   g_train, g_test = graphs.build_session_graphs(train), graphs.build_session_graphs(test)
   graph_seconds = time.perf_counter() - t
   devices = jax.local_devices()
-  budget = graphs.compute_budget([g_train, g_test], BATCH // len(devices))
   from llm4sbr_jax.models import registry  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.hidden, (config.backbone, overrides) = HIDDEN, _parse(backbone)  # no dataset_dir: graphs built (timed)
@@ -88,6 +87,7 @@ def measure_jax(shape, backbone):
     group, _, leaf = key.rpartition(".")
     (config[group] if group else config)[leaf] = value
   config = registry.official_config(config)
+  budget = graphs.compute_budget([g_train, g_test], BATCH // len(devices), config.budget_std)
   t = time.perf_counter()
   task = tasks.build_task(config, ds)  # the bare backbone, as experiments/train.py builds it
   tables_seconds = time.perf_counter() - t
@@ -176,19 +176,20 @@ def measure_torch(shape, backbone):
 
 
 def _table(results):
-  lines = ["| backbone | shape | framework | train sess/s | eval sess/s | compile / first step (s) | peak RSS (MB) |",
-           "|---|---|---|---:|---:|---:|---:|"]
+  lines = ["| backbone | shape | framework | train sess/s | eval sess/s | compile / first step (s) | host build (s) | "
+           "peak RSS (MB) |", "|---|---|---|---:|---:|---:|---:|---:|"]
   for key, r in results.items():
     backbone, shape = key.rsplit(":", 1)
     for fw in ("jax", "torch"):
       if fw in r:
         m = r[fw]
         first = m.get("compile_train_s", m.get("first_step_s"))
+        build = f"{m['task_build_s']:.2f}" if "task_build_s" in m else ""
         lines.append(f"| {backbone} | {shape} | {fw} | {m['train_sessions_per_s']:.0f} | "
-                     f"{m['eval_sessions_per_s']:.0f} | {first:.2f} | {m['peak_rss_mb']:.0f} |")
+                     f"{m['eval_sessions_per_s']:.0f} | {first:.2f} | {build} | {m['peak_rss_mb']:.0f} |")
     if "jax" in r and "torch" in r:
       lines.append(f"| {backbone} | {shape} | **jax / torch** | **{r['train_ratio']:.1f}x** | "
-                   f"**{r['eval_ratio']:.1f}x** | | |")
+                   f"**{r['eval_ratio']:.1f}x** | | | |")
   return "\n".join(lines)
 
 

@@ -26,7 +26,6 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm4sbr_jax import profiling, train  # pylint: disable=g-import-not-at-top
-from llm4sbr_jax.models import registry  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A training config.")
 _OUT = flags.DEFINE_string("out", "runs/profile", "Output directory.")
@@ -49,8 +48,8 @@ def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
-  config = registry.official_config(_CONFIG.value)
-  exp = train.Experiment(config)
+  exp = train.Experiment(_CONFIG.value)
+  config = exp.config  # with the backbone's official settings
   n, steps = len(exp.splits["train"]), _STEPS.value
   order = np.random.default_rng(0).permutation(n)
   batches = exp.batches("train", order)

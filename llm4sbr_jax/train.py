@@ -53,7 +53,7 @@ class Experiment:
   """
 
   def __init__(self, config: Any):
-    self.config = config
+    self.config = config = registry.official_config(config)
     self.dataset = dataset_lib.load_dataset(config.dataset_dir)
     self.task = tasks.build_task(config, self.dataset)
     self.splits = {k: v for k, v in self.dataset.splits.items() if len(v)}
@@ -163,8 +163,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the results dict."""
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
-  config = registry.official_config(config)
   exp = Experiment(config)
+  config = exp.config  # with the backbone's official settings
   select_split = "valid" if "valid" in exp.splits else "test"
   log.info("dataset %s: %s; budget per device batch %s; devices %d (%s)", exp.dataset.name,
                {k: len(v) for k, v in exp.splits.items()}, exp.budget, exp.runner.num_devices, config.parallel)
