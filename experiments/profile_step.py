@@ -1,6 +1,6 @@
 """Where one training step's time goes, for any backbone: host packing, transfer, device, and XLA ops by group.
 
-  python experiments/profile.py --config experiments/configs/default.py \
+  python experiments/profile_step.py --config experiments/configs/default.py \
     --config.dataset_dir data/processed/beauty_paper_valid --config.backbone=srgnn --out runs/profile_srgnn
 
 Builds the run exactly as experiments/train.py does (same config, budgets, compiled step), then over `--steps`
