@@ -27,6 +27,12 @@ PAPER_COLUMNS = ("hr@5", "hr@10", "hr@20", "mrr@5", "mrr@10", "mrr@20")
 PROTOCOLS = (("selected", "test @ best valid epoch"), ("paper_protocol_best_test", "best epoch on test (paper)"))
 
 
+def backbone_names(value: Any) -> tuple[str, ...]:
+  """`config.backbones` as names: a tuple, or the comma-separated string `--config.backbones=srgnn,gcegnn` gives."""
+  parts = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
+  return tuple(p.strip() for p in parts if p.strip())
+
+
 def variants(study: str, config: Any) -> list[tuple[str, dict[str, Any]]]:
   """(label, overrides) of a study; `config` supplies the values swept (e.g. `config.study_f_values`)."""
   long_short = tuple(config.perspectives)
@@ -35,7 +41,7 @@ def variants(study: str, config: Any) -> list[tuple[str, dict[str, Any]]]:
   bare = lambda name: {"backbone": name, "llm4sbr": False}
   wrapped = lambda name, **kw: {"backbone": name, "llm4sbr": True, **kw}
   if study == "table2":
-    return [row for name in config.get("backbones", (backbone,))
+    return [row for name in backbone_names(config.get("backbones", (backbone,)))
             for row in ((registry.get(name).label, bare(name)), (f"LLM4SBR({registry.get(name).label})",
                                                                  wrapped(name)))]
   if study == "demo":

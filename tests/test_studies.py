@@ -62,3 +62,9 @@ def test_variants_follow_the_config():
   assert studies.variant_config(c, {"intents.f": 3}).intents.f == 3
   with pytest.raises(ValueError, match="unknown study"):
     studies.variants("table9", c)
+
+
+def test_backbone_subsets_parse_from_the_command_line():
+  assert studies.backbone_names(("srgnn,gcegnn",)) == ("srgnn", "gcegnn")  # what --config.backbones=srgnn,gcegnn gives
+  assert studies.backbone_names("tagnn, s2dhcn") == ("tagnn", "s2dhcn")
+  assert studies.backbone_names(("srgnn", "tagnn")) == ("srgnn", "tagnn")
