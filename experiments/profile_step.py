@@ -1,12 +1,13 @@
-"""Where one training step's time goes, for any backbone: host packing, transfer, device, and XLA ops by group.
+"""Where one training or evaluation step's time goes, any backbone: host packing, transfer, device, XLA ops by group.
 
   python experiments/profile_step.py --config experiments/configs/default.py \
     --config.dataset_dir data/processed/beauty_paper_valid --config.backbone=srgnn --out runs/profile_srgnn
 
-Builds the run exactly as experiments/train.py does (same config, budgets, compiled step), then over `--steps`
-training batches times: packing a batch on the host (`graphs.pack`), moving it to the devices, and the device
-step alone (on an already transferred batch, blocking); then traces `--steps` more steps with `jax.profiler` and
-sums every XLA op's time by (forward / backward, Flax module path, primitive) (`llm4sbr_jax/profiling.py`).
+Builds the run exactly as experiments/train.py does (same config, budgets, compiled steps), then over `--steps`
+training batches times packing a batch on the host (`graphs.pack`), moving it to the devices, the compiled step
+alone (on an already transferred batch, blocking) and the loop as training runs it; then traces `--steps` more
+steps with `jax.profiler` and sums every XLA op's time by (forward / backward, Flax module path, primitive)
+(`llm4sbr_jax/profiling.py`). `--step=eval` does the same for the evaluation step (scores, ranks, metric sums).
 Prints and writes profile.md / profile.json to --out; the trace (TensorBoard / Perfetto) and the compiled step's
 HLO (step.hlo.txt, whose instruction names the trace events carry) stay there too.
 """
@@ -32,6 +33,7 @@ _OUT = flags.DEFINE_string("out", "runs/profile", "Output directory.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (and as many traced ones).")
 _DEPTH = flags.DEFINE_integer("depth", 2, "Module path components per op group.")
 _TOP = flags.DEFINE_integer("top", 25, "Op groups listed.")
+_STEP = flags.DEFINE_enum("step", "train", ["train", "eval"], "Which compiled step to profile.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -57,43 +59,55 @@ def main(argv):
   host = [next(batches)[0] for _ in range(2 * steps + 1)]
   pack_ms = _mean_ms(lambda: next(batches), steps)
   put_ms = _mean_ms(lambda: jax.block_until_ready(exp.runner.put_batch(host[0])), steps)
-  state, report = exp.runner.train_step(state, host[0], config.lr)  # warm
-  jax.block_until_ready(report)
+  state = {"train": state}
+  lr = np.float32(config.lr)
+  compiled = exp.runner._compiled  # pylint: disable=protected-access
+
+  def run_compiled(b):  # the compiled step alone, on a batch already on the devices
+    if _STEP.value == "eval":
+      return compiled["eval"](state["train"].params, b)
+    state["train"], report = compiled["train"](state["train"], b, lr)
+    return report
+
+  def run_loop(b):  # what training / evaluation does per batch: transfer, dispatch, bounded in flight
+    if _STEP.value == "eval":
+      return exp.runner.eval_step(state["train"].params, b)
+    state["train"], report = exp.runner.train_step(state["train"], b, config.lr)
+    return report
+
+  jax.block_until_ready(run_loop(host[0]))  # warm
   on_device = [exp.runner.put_batch(b) for b in host[1:steps + 1]]
   jax.block_until_ready(on_device)
-  step = exp.runner._compiled["train"]  # pylint: disable=protected-access
-  lr = np.float32(config.lr)
   times = []
   for b in on_device:
     t = time.perf_counter()
-    state, report = step(state, b, lr)
-    jax.block_until_ready(report)
+    jax.block_until_ready(run_compiled(b))
     times.append(1000 * (time.perf_counter() - t))
   device_ms = float(np.mean(times))
   t = time.perf_counter()
-  for b in host[steps + 1:]:  # the real loop: pack-ahead iterator, transfer and step overlapped as in training
-    state, report = exp.runner.train_step(state, b, config.lr)
-  jax.block_until_ready(report)
+  for b in host[steps + 1:]:  # the real loop: pack-ahead iterator, transfer and step overlapped
+    out = run_loop(b)
+  jax.block_until_ready(out)
   loop_ms = 1000 * (time.perf_counter() - t) / steps
   trace_dir = os.path.join(_OUT.value, "trace")
   on_device = [exp.runner.put_batch(b) for b in host[1:steps + 1]]
   jax.block_until_ready(on_device)
   jax.profiler.start_trace(trace_dir)
   for b in on_device:
-    state, report = step(state, b, lr)
-  jax.block_until_ready(report)
+    out = run_compiled(b)
+  jax.block_until_ready(out)
   jax.profiler.stop_trace()
-  hlo = step.as_text()
+  hlo = compiled[_STEP.value].as_text()
   Path(_OUT.value, "step.hlo.txt").write_text(hlo)  # event names in the trace are this module's instructions
   groups = profiling.op_times(profiling.trace_events(trace_dir), profiling.op_names(hlo), _DEPTH.value)
   per_step = {k: v / steps for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
   traced = sum(per_step.values())
   lines = [f"# Profile: {train.model_label(config)} on {exp.dataset.name}, batch {config.batch_size}, "
            f"{exp.runner.num_devices} x {jax.local_devices()[0].device_kind}", "",
-           "| per training step | ms |", "|---|---:|",
+           f"| per {_STEP.value} step | ms |", "|---|---:|",
            f"| host: pack one batch | {pack_ms:.2f} |", f"| host -> device transfer | {put_ms:.2f} |",
            f"| device step alone (batch on device, blocking) | {device_ms:.2f} |",
-           f"| training loop (pack ahead, transfer, step) | {loop_ms:.2f} |",
+           f"| {_STEP.value} loop (pack ahead, transfer, step) | {loop_ms:.2f} |",
            f"| sum of traced XLA ops | {traced:.2f} |", "",
            f"| op group (phase module: primitive) | ms / step | % of ops |", "|---|---:|---:|"]
   for k, v in list(per_step.items())[:_TOP.value]:
@@ -104,7 +118,7 @@ def main(argv):
   Path(_OUT.value, "profile.md").write_text(text + "\n")
   Path(_OUT.value, "profile.json").write_text(json.dumps(
       {"pack_ms": pack_ms, "transfer_ms": put_ms, "device_step_ms": device_ms, "loop_step_ms": loop_ms,
-       "ops_ms_per_step": per_step, "steps": steps, "config": config.to_dict()}, indent=2))
+       "ops_ms_per_step": per_step, "steps": steps, "step": _STEP.value, "config": config.to_dict()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def group_name(op_name: str, depth: int = 2) -> str:
     return f"{phase} ?"
   primitive = parts[-1]
   modules = [p for p in parts[:-1] if "(" not in p and p not in _WRAPPERS]
+  if modules and modules[0][:1].isupper():  # the top-level model's class name (outside jvp(...) at evaluation)
+    modules = modules[1:]
   path = "/".join(modules[:depth]) or "(top)"
   return f"{phase} {path}: {primitive if _PRIMITIVE.match(primitive) else '?'}"
 

@@ -19,6 +19,7 @@ def test_group_name_reads_phase_module_and_primitive():
   assert g("jit(step)/transpose(jvp(Recommender))/backbone/glu1/dot_general") == "backward backbone/glu1: dot_general"
   assert g("jit(step)/shard_map/jvp(M)/backbone/closed_call/scatter-add", depth=1) == "forward backbone: scatter-add"
   assert g("jit(step)/add") == "forward (top): add"
+  assert g("jit(step)/shard_map/Recommender/backbone/gnn/dot_general") == "forward backbone/gnn: dot_general"
   assert g("") == "forward ?"
 
 
