@@ -7,11 +7,12 @@ no training prefix has an empty row (official: its X_h is E / (L + 1)). Validati
 Two exact ways to apply A inside the jitted step, both as CSR sparse x dense products (`jax.experimental.sparse`:
 one CSR kernel call on CPU, cuSPARSE on GPU) with a hand-written adjoint, so the backward pass runs the same kernel
 on the transposed matrix:
-  * `matrix`: the symmetric `S = H B^-1 H^T` as sorted COO entries (the official precomputed n x n product), then
-    `D^-1`; S's non-zeros grow with the square of hyperedge sizes (1.85M on Beauty);
+  * `matrix`: the symmetric `S = H B^-1 H^T` (the official precomputed n x n product), then `D^-1`; S's non-zeros
+    grow with the square of hyperedge sizes (1.85M on Beauty);
   * `factored`: `D^-1 H (B^-1 (H^T X))` through the incidences (1.23M on Beauty, each visited twice per product),
     whose cost grows linearly with hyperedge size: the better choice for long sessions.
-  `form="auto"` picks `matrix` when nnz(S) <= 2 x incidences (the number of rows each form gathers per product).
+  `form="auto"` picks `matrix` when nnz(S) <= 2 x incidences (the non-zeros each form visits per product); an
+  explicit `factored` never builds S.
 Item channel: `X_h = mean(X0, A X0, ..., A^L X0)`, X0 = E (n rows, no padding row as official; lookups go through
 a prepended zero row).
 
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -70,7 +71,7 @@ class Hypergraph:
     num_edges: hyperedges (training samples).
     dinv: [n] 1 / item degree (0 for an item in no hyperedge).
     arrays: the form's CSR matrices (and the hyperedge weights B^-1 of the factored form).
-    nnz: non-zeros of S; incidences: non-zeros of H.
+    nnz: non-zeros of S (None for the factored form, which does not build it); incidences: non-zeros of H.
     build_seconds: host time to build it.
   """
 
@@ -79,7 +80,7 @@ class Hypergraph:
   num_edges: int
   dinv: np.ndarray
   arrays: dict
-  nnz: int
+  nnz: Optional[int]
   incidences: int
   build_seconds: float
 
@@ -123,25 +124,27 @@ def build_hypergraph(train: Split, num_items: int, form: str = "auto") -> Hyperg
   degree = np.bincount(e_item, minlength=num_items).astype(np.float64)
   dinv = np.where(degree > 0, 1.0 / np.maximum(degree, 1.0), 0.0).astype(np.float32)
   binv = np.where(size > 0, 1.0 / np.maximum(size, 1.0), 0.0)
-  ht = sp.csr_matrix((np.ones(len(keys)), (e_edge, e_item)), shape=(num_edges, num_items))
-  s = (ht.T @ sp.diags(binv) @ ht).tocsr()
-  if form == "auto":
-    form = "matrix" if s.nnz <= 2 * len(keys) else "factored"
+  s = None
+  if form != "factored":
+    ht = sp.csr_matrix((np.ones(len(keys)), (e_edge, e_item)), shape=(num_edges, num_items))
+    s = (ht.T @ sp.diags(binv) @ ht).tocsr()
+    if form == "auto":
+      form = "matrix" if s.nnz <= 2 * len(keys) else "factored"
   if form == "matrix":
     arrays = {"s": jsparse.BCSR.from_scipy_sparse(s.astype(np.float32))}
   else:
     ones = np.ones(len(keys), np.float32)
     arrays = {"ht": _csr(e_edge, e_item, ones, (num_edges, num_items)),
               "h": _csr(e_item, e_edge, ones, (num_items, num_edges)), "binv": binv.astype(np.float32)}
-  return Hypergraph(form, num_items, num_edges, dinv, arrays, int(s.nnz), int(len(keys)),
+  return Hypergraph(form, num_items, num_edges, dinv, arrays, None if s is None else int(s.nnz), int(len(keys)),
                     time.perf_counter() - start)
 
 
-def item_channel(embedding: jax.Array, hypergraph: Hypergraph, layers: int) -> jax.Array:
-  """X_h = mean over l = 0..L of A^l E; [n, d]."""
-  x, total = embedding, embedding
+def layer_mean(x: jax.Array, propagate: Callable[[jax.Array], jax.Array], layers: int) -> jax.Array:
+  """mean over l = 0..L of propagate^l(x): both channels' output (the item table X_h, the line-graph theta_l)."""
+  total = x
   for _ in range(layers):
-    x = hypergraph.apply(x)
+    x = propagate(x)
     total = total + x
   return total / (layers + 1)
 
@@ -208,7 +211,7 @@ class S2DHCN(nn.Module):
     num_graphs = batch.graph_mask.shape[0]
     embedding = self.param("embedding", init, (self.num_items, d))  # [n, d]
     zero = jnp.zeros((1, d), embedding.dtype)
-    table = jnp.concatenate([zero, item_channel(embedding, self.hypergraph, self.layers)])  # [n + 1, d]
+    table = jnp.concatenate([zero, layer_mean(embedding, self.hypergraph.apply, self.layers)])  # [n + 1, d]
     pos_items = g.nodes["item"][batch.pos_node]  # [P]
     mask = batch.pos_mask[:, None].astype(table.dtype)  # [P, 1]
     count = jnp.maximum(jax.ops.segment_sum(batch.pos_mask.astype(table.dtype), batch.pos_graph, num_graphs), 1.0)
@@ -220,11 +223,7 @@ class S2DHCN(nn.Module):
       x = jax.lax.stop_gradient(jax.ops.segment_sum(raw, batch.pos_graph, num_graphs) / count[:, None])  # [G, d]
       node_graph = jnp.repeat(jnp.arange(num_graphs), g.n_node, total_repeat_length=g.nodes["item"].shape[0])
       conv = line_graph(g.nodes["item"], node_graph, num_graphs)  # [G, G]
-      total = x
-      for _ in range(self.layers):
-        x = conv @ x
-        total = total + x
-      theta_l = total / (self.layers + 1)  # [G, d]
+      theta_l = layer_mean(x, lambda v: conv @ v, self.layers)  # [G, d]
       rows, cols = corruption(self.make_rng("dropout"), batch.graph_mask, d)
       self.sow("losses", "ssl", ssl_terms(theta_h, theta_l, rows, cols, batch.graph_mask),
                reduce_fn=lambda _, v: v, init_fn=tuple)
