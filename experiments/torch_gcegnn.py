@@ -21,13 +21,14 @@ get weight decay) but never used in the forward; they are left out here.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from experiments.torch_srgnn import official_init_
 
 __all__ = ["GlobalAggregator", "LocalAggregator", "TorchGCEGNN", "load_flax_params", "reference_batch",
            "reference_global_graph", "reference_handle_adj"]
@@ -227,9 +228,7 @@ class TorchGCEGNN(nn.Module):
     self.w_2 = nn.Parameter(torch.empty(hidden, 1))
     self.glu1 = nn.Linear(hidden, hidden)
     self.glu2 = nn.Linear(hidden, hidden, bias=False)
-    stdv = 1.0 / math.sqrt(hidden)
-    for p in self.parameters():
-      p.data.uniform_(-stdv, stdv)
+    official_init_(self, hidden)
 
   def local_and_global(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(h_local, h_global), each [B, N, d] over the unique-node list, before the combining dropout."""

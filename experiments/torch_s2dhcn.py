@@ -36,7 +36,6 @@ pruning of adjacency entries below 0.05 is available as `reference_hypergraph(..
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -44,6 +43,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from experiments.torch_srgnn import official_init_
 
 __all__ = ["TorchDHCN", "build_baseline", "load_flax_params", "reference_batch", "reference_hypergraph"]
 
@@ -154,9 +155,7 @@ class TorchDHCN(nn.Module):
     self.w_2 = nn.Parameter(torch.empty(hidden, 1))
     self.glu1 = nn.Linear(hidden, hidden)
     self.glu2 = nn.Linear(hidden, hidden, bias=False)
-    stdv = 1.0 / math.sqrt(hidden)
-    for p in self.parameters():
-      p.data.uniform_(-stdv, stdv)
+    official_init_(self, hidden)
 
   def item_embeddings(self) -> torch.Tensor:
     """X_h [n, d]: the official `HyperConv`, the mean of `A^l E` over l = 0..L."""

@@ -49,6 +49,13 @@ def reference_batch(seqs: Sequence[Sequence[int]], len_max: int) -> dict[str, to
           "mask": torch.Tensor(mask).long()}
 
 
+def official_init_(model: nn.Module, hidden: int) -> None:
+  """The official init of every backbone: every parameter of `model` U(-1/sqrt(d), 1/sqrt(d)), in place."""
+  stdv = 1.0 / math.sqrt(hidden)
+  for p in model.parameters():
+    p.data.uniform_(-stdv, stdv)
+
+
 class TorchSRGNN(nn.Module):
   """SR-GNN as in the official PyTorch code (parameter names kept)."""
 
@@ -68,9 +75,7 @@ class TorchSRGNN(nn.Module):
     self.linear_two = nn.Linear(hidden, hidden)
     self.linear_three = nn.Linear(hidden, 1, bias=False)
     self.linear_transform = nn.Linear(2 * hidden, hidden)
-    stdv = 1.0 / math.sqrt(hidden)
-    for p in self.parameters():
-      p.data.uniform_(-stdv, stdv)
+    official_init_(self, hidden)
 
   def gnn_cell(self, adj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     n = adj.shape[1]

@@ -18,13 +18,12 @@ items at a time to bound that memory.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from experiments.torch_srgnn import TorchSRGNN, load_flax_params, reference_batch
+from experiments.torch_srgnn import TorchSRGNN, load_flax_params, official_init_, reference_batch
 
 __all__ = ["TorchTAGNN", "load_flax_params", "reference_batch"]
 
@@ -45,9 +44,7 @@ class TorchTAGNN(TorchSRGNN):
     super().__init__(n_node, hidden, step)
     self.mask_padding = mask_padding
     self.linear_t = nn.Linear(hidden, hidden, bias=False)
-    stdv = 1.0 / math.sqrt(hidden)
-    for p in self.parameters():  # the official init: every parameter U(-1/sqrt(d), 1/sqrt(d))
-      p.data.uniform_(-stdv, stdv)
+    official_init_(self, hidden)
 
   def session_hidden(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Node states after the GNN, gathered to sequence positions: `seq_h` [B, L, d]."""
