@@ -102,13 +102,16 @@ def main(argv):
   groups = profiling.op_times(profiling.trace_events(trace_dir), profiling.op_names(hlo), _DEPTH.value)
   per_step = {k: v / steps for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
   traced = sum(per_step.values())
+  calls = profiling.custom_calls(hlo)
+  called = ", ".join(f"{k} x{v}" for k, v in sorted(calls.items())) or "none"
   lines = [f"# Profile: {train.model_label(config)} on {exp.dataset.name}, batch {config.batch_size}, "
            f"{exp.runner.num_devices} x {jax.local_devices()[0].device_kind}", "",
            f"| per {_STEP.value} step | ms |", "|---|---:|",
            f"| host: pack one batch | {pack_ms:.2f} |", f"| host -> device transfer | {put_ms:.2f} |",
            f"| device step alone (batch on device, blocking) | {device_ms:.2f} |",
            f"| {_STEP.value} loop (pack ahead, transfer, step) | {loop_ms:.2f} |",
-           f"| sum of traced XLA ops | {traced:.2f} |", "",
+           f"| sum of traced XLA ops | {traced:.2f} |",
+           f"| device step not in the trace (custom calls per step: {called}) | {device_ms - traced:.2f} |", "",
            f"| op group (phase module: primitive) | ms / step | % of ops |", "|---|---:|---:|"]
   for k, v in list(per_step.items())[:_TOP.value]:
     lines.append(f"| {k} | {v:.2f} | {100 * v / max(traced, 1e-9):.1f} |")
@@ -118,7 +121,8 @@ def main(argv):
   Path(_OUT.value, "profile.md").write_text(text + "\n")
   Path(_OUT.value, "profile.json").write_text(json.dumps(
       {"pack_ms": pack_ms, "transfer_ms": put_ms, "device_step_ms": device_ms, "loop_step_ms": loop_ms,
-       "ops_ms_per_step": per_step, "steps": steps, "step": _STEP.value, "config": config.to_dict()}, indent=2))
+       "ops_ms_per_step": per_step,
+       "untraced_ms": device_ms - traced, "custom_calls": calls, "steps": steps, "step": _STEP.value, "config": config.to_dict()}, indent=2))
 
 
 if __name__ == "__main__":

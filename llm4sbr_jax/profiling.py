@@ -20,11 +20,17 @@ _PRIMITIVE = re.compile(r"^[a-z_][a-z0-9_\-]*$")
 _WRAPPERS = frozenset({"shard_map", "checkpoint", "remat", "while", "body", "cond", "scan", "cond_fun", "body_fun",
                        "closed_call", "custom_vjp_call", "custom_jvp_call", "pjit"})
 _CONTAINERS = ("while", "conditional", "call")  # ops whose body's ops have events of their own
+_CUSTOM_CALL = re.compile(r'custom_call_target="([^"]+)"')
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
   """{HLO instruction name: its op_name metadata} over every computation of a compiled module's text."""
   return {m.group(1): m.group(2) for m in map(_INSTRUCTION.search, hlo_text.splitlines()) if m}
+
+
+def custom_calls(hlo_text: str) -> dict[str, int]:
+  """{custom-call target: how many the compiled module runs} (e.g. CSR kernels, whose time the CPU trace misses)."""
+  return dict(collections.Counter(_CUSTOM_CALL.findall(hlo_text)))
 
 
 def group_name(op_name: str, depth: int = 2) -> str:

@@ -44,3 +44,11 @@ def test_loops_are_not_counted_twice():
   names = {"while.3": "jit(f)/while", "fusion.1": "jit(f)/while/body/enc/mul"}
   events = [("t", "while.3", 5.0), ("t", "fusion.1", 4.0), ("t", "unrelated", 9.0)]
   assert profiling.op_times(events, names) == {"forward enc: mul": 4.0}
+
+
+def test_custom_calls_are_counted_from_the_hlo():
+  hlo = ('%a = f32[4,2]{1,0} custom-call(%x), custom_call_target="cpu_csr_sparse_dense_ffi"\n'
+         '%b = f32[4,2]{1,0} custom-call(%a), custom_call_target="cpu_csr_sparse_dense_ffi"\n'
+         '%c = f32[2]{0} custom-call(%b), custom_call_target="other"\n%d = f32[2]{0} add(%c, %c)')
+  assert profiling.custom_calls(hlo) == {"cpu_csr_sparse_dense_ffi": 2, "other": 1}
+  assert profiling.custom_calls("%d = f32[2]{0} add(%c, %c)") == {}
