@@ -16,6 +16,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments import multiprocess  # pylint: disable=g-import-not-at-top
 from llm4sbr_jax import studies  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A study config (table2, ablation, fsweep).")
@@ -25,6 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  try:
+    multiprocess.initialize()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
   config = _CONFIG.value

@@ -14,6 +14,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments import multiprocess  # pylint: disable=g-import-not-at-top
 from llm4sbr_jax import report, train  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -23,6 +24,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  try:
+    multiprocess.initialize()
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint step at INFO
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -230,19 +230,24 @@ def stack(batches: list[SessionBatch]) -> SessionBatch:
 
 
 def iterate_batches(graphs: SessionGraphs, order: np.ndarray, budget: Budget, num_devices: int = 1,
-                    side: Optional[np.ndarray] = None, node_tables: Optional[Mapping[str, np.ndarray]] = None
-                    ) -> Iterator[tuple[SessionBatch, int]]:
+                    side: Optional[np.ndarray] = None, node_tables: Optional[Mapping[str, np.ndarray]] = None,
+                    local: Optional[slice] = None) -> Iterator[tuple[SessionBatch, int]]:
   """Yields (batch stacked over devices [D, ...], number of real sessions) covering `order` exactly once.
 
   Each device batch takes up to budget.sessions samples that fit its budgets; the last step may hold empty batches.
+  `local` (multi-process runs): the range of the `num_devices` global devices this process feeds. Every process
+  computes every device's share of the global batch (cheap) and packs only its own, so the global batches are those
+  of a single-process run over the same devices; the count is the global batch's.
   """
   order = np.asarray(order, np.int64)
+  mine = range(num_devices)[local or slice(None)]
   start = 0
   while start < len(order):
     per_device, real = [], 0
-    for _ in range(num_devices):
+    for device in range(num_devices):
       take = take_fitting(graphs, order[start:], budget) if start < len(order) else 0
-      per_device.append(pack(graphs, order[start:start + take], budget, side, node_tables))
+      if device in mine:
+        per_device.append(pack(graphs, order[start:start + take], budget, side, node_tables))
       start += take
       real += take
     yield stack(per_device), real

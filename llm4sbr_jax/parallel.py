@@ -6,6 +6,10 @@ per-device gradients is exactly the gradient of the global-batch loss, whatever 
 (uniformity) use `sum / stop_gradient(global_sum)`, whose gradient summed over devices is that of `log(global mean)`.
 Parameters are replicated; the batch carries a leading device axis [D, ...].
 
+Multi-process (`jax.distributed`, shard_map only): the mesh spans every device of every process; each process
+passes only its own devices' rows of the batch [D_local, ...] (`graphs.iterate_batches(local=runner.local)`), and
+the per-sample evaluation values are gathered over all devices, so every process sees the whole global batch's.
+
 Randomness (dropout): every step's key is `fold_in(PRNGKey(seed), step)`, the same on every device; backbones draw
 per-sample masks from it (keyed by the sample's row), so a step is the same for any number of devices.
 
@@ -89,20 +93,30 @@ def per_device_eval_step(params: Any, batch: Any, *, terms_fn: TermsFn,
                          metrics_fn: Callable[[jax.Array, Any], dict[str, jax.Array]],
                          per_sample_fn: Optional[Callable[[jax.Array, Any], dict[str, jax.Array]]] = None
                          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """Metric sums of this device's shard summed over AXIS, and its per-graph-slot values ([G] each, or {})."""
+  """Metric sums of the global batch, and the per-graph-slot values of all devices ([D * G] each, or {})."""
   TRACE_COUNTS["eval"] += 1
   scores, _ = terms_fn(params, batch, False, None)
   per_sample = {} if per_sample_fn is None else per_sample_fn(scores, batch)
-  return jax.lax.psum(metrics_fn(scores, batch), AXIS), per_sample
+  gathered = jax.tree_util.tree_map(lambda x: jax.lax.all_gather(x, AXIS, tiled=True), per_sample)
+  return jax.lax.psum(metrics_fn(scores, batch), AXIS), gathered
 
 
 class Runner:
-  """Compiles the per-device steps for `mode` ('shard_map' or 'pmap') over all local devices."""
+  """Compiles the per-device steps for `mode` ('shard_map' or 'pmap') over all devices (of all processes).
+
+  `local`: the slice of `devices` this process feeds (all of them in a single-process run).
+  """
 
   def __init__(self, mode: str, terms_fn: TermsFn, spec: Mapping[str, tuple[float, bool]],
                tx: optax.GradientTransformation, metrics_fn, devices=None, seed: int = 0, per_sample_fn=None):
-    self.devices = list(devices if devices is not None else jax.local_devices())
+    self.devices = list(devices if devices is not None else jax.devices())
     self.num_devices = len(self.devices)
+    mine = [i for i, d in enumerate(self.devices) if d.process_index == jax.process_index()]
+    if not mine or mine != list(range(mine[0], mine[-1] + 1)):
+      raise ValueError(f"process {jax.process_index()} must own a contiguous, non-empty run of the devices")
+    self.local = slice(mine[0], mine[-1] + 1)
+    if mode == "pmap" and len(mine) < self.num_devices:
+      raise ValueError("parallel mode 'pmap' runs in one process; use 'shard_map' with jax.distributed")
     self.mode = mode
     self._in_flight: collections.deque = collections.deque()
     self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
@@ -119,7 +133,7 @@ class Runner:
           "train": jax.jit(jax.shard_map(squeeze(train), mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
                                          out_specs=(P(), P()), check_vma=False), donate_argnums=0),
           "eval": jax.jit(jax.shard_map(squeeze(evaluate), mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                        out_specs=(P(), P(AXIS)), check_vma=False))}
+                                        out_specs=(P(), P()), check_vma=False))}
     elif mode == "pmap":
       # pmap keeps a leading device axis on the replicated state and on the outputs.
       self._steps = {
@@ -142,8 +156,10 @@ class Runner:
     return jax.device_get(tree)
 
   def put_batch(self, batch: Any) -> Any:
-    """A batch with a leading device axis [D, ...] -> one shard per device."""
-    return jax.device_put(batch, self._sharded)
+    """This process's rows of a batch [D_local, ...] -> the global batch [D, ...], one shard per device."""
+    if jax.process_count() == 1:  # device_put: ~1 ms a batch faster here
+      return jax.device_put(batch, self._sharded)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(self._sharded, x), batch)
 
   def _bounded(self, out: Any) -> Any:
     """Keeps at most MAX_IN_FLIGHT dispatched steps: the host packs batches far faster than the device consumes
@@ -176,7 +192,4 @@ class Runner:
 
   def eval_step(self, params: Any, batch: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """(metric sums of the batch, per-graph-slot values [D * G] of `per_sample_fn`, {} without one)."""
-    sums, per_sample = self._run("eval", params, self.put_batch(batch))
-    if self.mode == "pmap":  # per-sample values come back [D, G]: one row per device, like shard_map's concatenation
-      per_sample = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:])[None], per_sample)
-    return self._bounded((sums, per_sample))
+    return self._bounded(self._run("eval", params, self.put_batch(batch)))

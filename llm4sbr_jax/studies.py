@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from llm4sbr_jax import metrics as metrics_lib
@@ -124,8 +125,9 @@ def run_study(study: str, config: Any, workdir: str,
   for label, overrides in variants(study, config):
     results[label] = run(variant_config(config, overrides), os.path.join(workdir, variant_dir(overrides)))
   dataset = next((r.get("dataset") for r in results.values() if r.get("dataset")), "")
-  write_outputs(study, results, workdir, baselines(study, config), paper_values(study, config, dataset),
-                intervals(study, config, workdir, results))
+  if jax.process_index() == 0:  # multi-process runs: one writer
+      write_outputs(study, results, workdir, baselines(study, config), paper_values(study, config, dataset),
+                  intervals(study, config, workdir, results))
   return results
 
 

@@ -4,6 +4,10 @@ Outputs in the workdir: `metrics.jsonl` (one line per epoch), `results.json`, `c
 rank of every test target at the best validation epoch, for paired significance tests), orbax checkpoints under
 `checkpoints/` (one per epoch). Rerunning the same command resumes from the latest checkpoint; `metrics.jsonl` is
 rewritten from the checkpoint's history so a kill never duplicates or drops an epoch line.
+
+Multi-process runs (`jax.distributed` initialised by the launcher): one mesh over every process's devices, each
+process packs only its devices' part of every global batch, all of them save and restore the checkpoints together
+(orbax), and only process 0 writes the logs, results, ranks and plots.
 """
 
 from __future__ import annotations
@@ -64,9 +68,9 @@ class Experiment:
     if keep < len(self.splits["train"]):
       self.splits["train"] = self.splits["train"].subset(np.arange(keep))
     self.graphs = {k: graphs_lib.build_session_graphs(v) for k, v in self.splits.items()}
-    devices = jax.local_devices()
+    devices = jax.devices()
     if config.batch_size % len(devices):
-      raise ValueError(f"batch_size {config.batch_size} is not divisible by the {len(devices)} local devices")
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by the {len(devices)} devices")
     self.budget = graphs_lib.compute_budget(list(self.graphs.values()), config.batch_size // len(devices),
                                             config.budget_std)
     self.tx = parallel.make_optimizer(config.weight_decay)
@@ -77,7 +81,7 @@ class Experiment:
     template_side = None if self.task.side_shape is None else np.zeros((1,) + self.task.side_shape, np.float32)
     self._template, _ = next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), self.budget,
                                                         self.runner.num_devices, template_side,
-                                                        self.task.node_tables))
+                                                        self.task.node_tables, self.runner.local))
     self._init = jax.jit(self.task.init)
     self.runner.compile(self.runner.replicate(self.init_state()), self._template)
     self.compile_seconds = time.perf_counter() - t
@@ -89,7 +93,7 @@ class Experiment:
 
   def batches(self, split: str, order: np.ndarray):
     return graphs_lib.iterate_batches(self.graphs[split], order, self.budget, self.runner.num_devices,
-                                      self.side.get(split), self.task.node_tables)
+                                      self.side.get(split), self.task.node_tables, self.runner.local)
 
   def init_state(self) -> parallel.TrainState:
     """Fresh parameters and optimiser state (host copy: the device state gets donated)."""
@@ -162,6 +166,7 @@ def summarize(history: list[dict], select_metric: str) -> dict[str, Any]:
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the results dict."""
   os.makedirs(workdir, exist_ok=True)
+  primary = jax.process_index() == 0  # the one process that writes files (orbax coordinates the checkpoints)
   t0 = time.perf_counter()
   exp = Experiment(config)
   config = exp.config  # with the backbone's official settings
@@ -182,7 +187,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                        f"{config.dataset_dir} is {exp.dataset.fingerprint[:12]}; use a new --workdir")
     log.info("resumed from %s after epoch %d", manager.directory, manager.latest_step())
   history = meta["history"]
-  _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
+  if primary:
+    _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
   state = exp.runner.replicate(host_state)
   setup_seconds = time.perf_counter() - t0
   best = max((h[select_split] for h in history), key=lambda m: m[config.select_metric], default=None)
@@ -199,13 +205,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     history.append(record)
     improved = _better(record[select_split], best, config.select_metric)
     best = record[select_split] if improved else best
-    if improved and "test" in ranks:  # the selected epoch's per-sample test ranks (for paired bootstrap intervals)
+    if primary and improved and "test" in ranks:  # the selected epoch's per-sample test ranks (for paired bootstrap intervals)
       dataset_lib.save_npy(os.path.join(workdir, RANKS_FILE), ranks["test"])
     meta["bad_epochs"] = 0 if improved else meta["bad_epochs"] + 1
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(exp.runner.unreplicate(state)),
                                                 meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()
-    _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
+    if primary:
+      _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
     log.info("epoch %d: loss %.4f, %.0f sess/s, %s %s", epoch, losses["loss"], timing["sessions_per_s"], select_split,
                  {k: round(v, 2) for k, v in record[select_split].items() if k.endswith("@20")})
     epoch += 1
@@ -216,10 +223,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                   "setup_seconds": setup_seconds, "peak_rss_mb": hostmem.peak_rss_mb(),
                   "test_ranks": RANKS_FILE if os.path.exists(os.path.join(workdir, RANKS_FILE)) else None,
                   "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  plotting.plot_curves(history, os.path.join(workdir, "curves.png"),
-                       title=f"{model_label(config)} on {exp.dataset.name}")
+  if primary:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    plotting.plot_curves(history, os.path.join(workdir, "curves.png"),
+                         title=f"{model_label(config)} on {exp.dataset.name}")
   return results
 
 

@@ -90,6 +90,23 @@ def test_every_batch_has_the_same_shapes_and_overflow_spills_over():
   assert short > 2  # the budget really was binding
 
 
+def test_a_process_packs_exactly_its_devices_rows_of_every_global_batch():
+  rng = np.random.default_rng(3)
+  split = _random_split(rng, num=150, max_len=30)
+  sg = graphs.build_session_graphs(split)
+  budget = graphs.Budget(sessions=10, nodes=int(sg.num_nodes.max()) + 30, edges=int(sg.num_edges.max()) + 30,
+                         positions=int(sg.num_positions.max()) + 40)
+  order = rng.permutation(len(split))
+  whole = list(graphs.iterate_batches(sg, order, budget, num_devices=4))
+  parts = [list(graphs.iterate_batches(sg, order, budget, num_devices=4, local=slice(lo, lo + 2))) for lo in (0, 2)]
+  assert len(whole) == len(parts[0]) == len(parts[1]) > 3
+  for (batch, real), *halves in zip(whole, *parts):
+    for (half, half_real), lo in zip(halves, (0, 2)):
+      assert half_real == real  # the global batch's count
+      np.testing.assert_array_equal(half.sample_index, batch.sample_index[lo:lo + 2])
+      np.testing.assert_array_equal(half.graph.senders, batch.graph.senders[lo:lo + 2])
+
+
 def test_pack_rejects_samples_over_budget():
   rng = np.random.default_rng(3)
   sg = graphs.build_session_graphs(_random_split(rng))
