@@ -4,11 +4,14 @@ Pipeline (SR-GNN's `datasets/preprocess.py` order, as the paper follows it):
 
 1. Sessions: the clicks of one key (user or session id), ordered by time with ties kept in file order, form one
    session; with `session_gap_minutes` a key's clicks are further split wherever consecutive clicks are more than
-   that many minutes apart (the paper's ML-1M rule, 10 minutes). Sessions are numbered by start time.
+   that many minutes apart (the paper's ML-1M rule, 10 minutes; never for data whose keys are session ids).
+   Sessions are numbered by start time.
 2. Drop sessions of length 1, count item occurrences over the remaining clicks, drop items seen fewer than
    `min_item_count` times, then drop sessions left with fewer than 2 clicks (one pass, not iterated).
-3. Prefix augmentation: a session `[i1, ..., in]` gives the n - 1 samples `([i1..ik], i(k+1))` for k = 1..n-1; the
-   sample's time is its target click's timestamp.
+3. Samples (`samples`), each timed by its target click's timestamp:
+   * `all` (prefix augmentation): a session `[i1, ..., in]` gives the n - 1 samples `([i1..ik], i(k+1))`,
+     k = 1..n-1 (the paper's Beauty row);
+   * `last`: one sample per session, `([i1..i(n-1)], in)` (the paper's ML-1M row: train + test = sessions).
 4. Split (`protocol`):
    * `paper`: a seeded random split of the samples (the paper's Beauty counts 158,139 / 18,000 come out exactly);
    * `temporal`: the latest samples by target time are the test set; items never seen in train are removed from
@@ -30,6 +33,11 @@ from llm4sbr_jax import raw as raw_lib
 from llm4sbr_jax.dataset import PAD_NAME, ProcessedDataset, Split, offsets_from_counts, ragged_take
 
 PROTOCOLS = ("paper", "temporal")
+SAMPLES = ("all", "last")
+
+
+class PreprocessError(ValueError):
+  """The preprocessing parameters do not fit the data (nothing left after filtering, a split size too large...)."""
 
 
 def sessionize(keys: np.ndarray, times: np.ndarray, order: np.ndarray,
@@ -79,15 +87,15 @@ def filter_sessions(items: np.ndarray, offsets: np.ndarray, min_item_count: int 
 def resolve_size(size: int | float, n: int, what: str) -> int:
   """A split size as a count: an int is a count, a float in [0, 1) a fraction rounded up (like sklearn)."""
   if isinstance(size, bool) or not isinstance(size, (int, float, np.integer, np.floating)):
-    raise ValueError(f"{what}: expected an int count or a float fraction, got {size!r}")
+    raise PreprocessError(f"{what}: expected an int count or a float fraction, got {size!r}")
   if isinstance(size, (float, np.floating)):
     if not 0.0 <= size < 1.0:
-      raise ValueError(f"{what}: a fraction must lie in [0, 1), got {size}")
+      raise PreprocessError(f"{what}: a fraction must lie in [0, 1), got {size}")
     count = math.ceil(size * n)
   else:
     count = int(size)
   if not 0 <= count < n:
-    raise ValueError(f"{what}: {count} samples requested out of {n}; expected 0 <= count < {n}")
+    raise PreprocessError(f"{what}: {count} samples requested out of {n}; expected 0 <= count < {n}")
   return count
 
 
@@ -125,7 +133,8 @@ def _restrict(split: Split, known: np.ndarray) -> tuple[Split, int]:
 
 def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", test_size: int | float = 0.1,
                valid_size: int | float = 0.1, seed: int = 0, session_gap_minutes: float | None = None,
-               min_item_count: int = 5, source: dict[str, Any] | None = None) -> ProcessedDataset:
+               min_item_count: int = 5, samples: str = "all", source: dict[str, Any] | None = None
+               ) -> ProcessedDataset:
   """Builds the processed dataset (see the module docstring for every step).
 
   Args:
@@ -137,10 +146,18 @@ def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", tes
     seed: the random split's seed (`paper` only).
     session_gap_minutes: split a key's clicks at gaps longer than this; None: one session per key.
     min_item_count: drop items seen fewer times.
+    samples: `all` (every prefix of a session) or `last` (one sample per session: its last click the target).
     source: extra provenance for `ProcessedDataset.source` (the raw files' records are added).
   """
   if protocol not in PROTOCOLS:
-    raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+    raise PreprocessError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+  if samples not in SAMPLES:
+    raise PreprocessError(f"samples: expected one of {SAMPLES}, got {samples!r}")
+  files = ", ".join(record.get("file", role) for role, record in data.files.items())
+  where = f"{name} ({files})" if files else name
+  if data.sessions_given and session_gap_minutes is not None:
+    raise PreprocessError(f"{where}: the keys are session ids, each one session; a session gap "
+                          f"({session_gap_minutes} minutes) applies only to user ids")
   # 1-2. Sessions and filters, on dense item codes.
   raw_ids, codes = np.unique(data.items, return_inverse=True)
   codes = codes.reshape(-1).astype(np.int32)
@@ -152,17 +169,19 @@ def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", tes
   lengths = np.bincount(session, minlength=len(offsets) - 1)
   lengths = lengths[lengths > 0]
   if not len(lengths):
-    raise ValueError(f"{name}: no session of length >= 2 is left after filtering items seen < {min_item_count} "
-                     f"times ({len(data)} interactions)")
+    raise PreprocessError(f"{where}: no session of length >= 2 is left after dropping length-1 sessions and items "
+                          f"seen < {min_item_count} times ({len(data)} interactions, {len(offsets) - 1} sessions); "
+                          "expected sessions of 2+ clicks on items seen often enough (lower min_item_count?)")
   offsets = offsets_from_counts(lengths)
   session = np.repeat(np.arange(len(lengths)), lengths)
   position = np.arange(len(items)) - offsets[session]
 
-  # 3. Prefix samples: every click at position >= 1 is a target; its prefix is its session's clicks before it.
-  targets = np.flatnonzero(position > 0)
+  # 3. Samples: every click at position >= 1 (`all`) or each session's last click (`last`) is a target; its prefix
+  # is its session's clicks before it.
+  targets = np.flatnonzero(position > 0 if samples == "all" else position == lengths[session] - 1)
   gather, sample_offsets = ragged_take(offsets[session[targets]], position[targets])
-  samples = Split(items=items[gather], offsets=sample_offsets,
-                  targets=items[targets], sessions=session[targets], times=times[targets])
+  pool = Split(items=items[gather], offsets=sample_offsets,
+              targets=items[targets], sessions=session[targets], times=times[targets])
 
   # 4. Split: test first, then validation out of the rest, by the same protocol.
   rng = np.random.default_rng(seed)
@@ -170,7 +189,7 @@ def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", tes
   rank[np.lexsort((position[targets], times[targets]))] = np.arange(len(targets))
   train_valid, test = _cut(np.arange(len(targets)), test_size, protocol, rng, rank, "test_size")
   train, valid = _cut(train_valid, valid_size, protocol, rng, rank, "valid_size")
-  splits = {"train": samples.subset(train), "valid": samples.subset(valid), "test": samples.subset(test)}
+  splits = {"train": pool.subset(train), "valid": pool.subset(valid), "test": pool.subset(test)}
   dropped = {}
   if protocol == "temporal":
     # Test and validation keep only items the model trains on (the final train split), as the reference does.
@@ -192,14 +211,17 @@ def preprocess(data: raw_lib.RawData, name: str, *, protocol: str = "paper", tes
                      times=s.times) for k, s in splits.items()}
   item_raw_ids = raw_ids[by_first].tolist()
 
-  protocol_record = {"protocol": protocol, "seed": seed if protocol == "paper" else None, "test_size": test_size,
-                     "valid_size": valid_size, "session_gap_minutes": session_gap_minutes,
+  protocol_record = {"protocol": protocol, "seed": seed if protocol == "paper" else None,
+                     "test_size": test_size, "valid_size": valid_size, "session_gap_minutes": session_gap_minutes,
                      "min_item_count": min_item_count, "min_session_length": 2,
-                     "sessions": "per key" if session_gap_minutes is None else "per key, split at gaps",
+                     "sessions": ("per session id" if data.sessions_given else "per key" if session_gap_minutes is None
+                                  else "per key, split at gaps"),
                      "item_ids": "1..n by first appearance in start-time ordered sessions"}
+  if samples != "all":  # absent means every prefix, so datasets prepared before this option keep their fingerprints
+    protocol_record["samples"] = samples
   extra_stats = {"clicks": int(len(items)), "sessions": int(len(lengths)),
                  "avg_session_length": float(np.mean(lengths)), "max_session_length": int(np.max(lengths)),
-                 "avg_prefix_length": float(np.mean(samples.lengths)),
+                 "avg_prefix_length": float(np.mean(pool.lengths)),
                  "raw_interactions": len(data), "raw_keys": int(len(np.unique(data.keys))),
                  "raw_items": int(len(raw_ids)), **dropped}
   return ProcessedDataset(
@@ -216,7 +238,7 @@ def subset_sessions(ds: ProcessedDataset, num_sessions: int, seed: int = 0) -> P
   """
   all_sessions = np.unique(np.concatenate([np.asarray(s.sessions) for s in ds.splits.values()]))
   if not 0 < num_sessions <= len(all_sessions):
-    raise ValueError(f"num_sessions must lie in 1..{len(all_sessions)}, got {num_sessions}")
+    raise PreprocessError(f"num_sessions must lie in 1..{len(all_sessions)}, got {num_sessions}")
   chosen = np.sort(np.random.default_rng(seed).choice(all_sessions, size=num_sessions, replace=False))
   splits = {k: s.subset(np.flatnonzero(np.isin(np.asarray(s.sessions), chosen))) for k, s in ds.splits.items()}
   protocol = {**ds.protocol, "subset_of": ds.fingerprint, "subset_seed": seed, "subset_sessions": chosen.tolist()}

@@ -14,17 +14,22 @@ Supported inputs:
   are read) and `meta_<Cat>.json.gz` (Python dict literals, read with `ast.literal_eval`).
 * Generic: a TSV `session_or_user_id<TAB>item_id<TAB>timestamp` and optionally a TSV `item_id<TAB>name`, each with
   an optional header line (see `read_generic_interactions`).
+* RecBole atomic files: a `.inter` file with a typed header (`session_id:token` or `user_id:token`, `item_id:token`,
+  `timestamp:float`, in any order, other columns ignored) and optionally a `.item` file naming the items (see
+  `read_recbole`).
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import dataclasses
 import gzip
 import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import urllib.request
@@ -41,6 +46,12 @@ ARCHIVE_MD5 = {ML_1M_URL: "c4d9eecfca2ab87c1945afe126590906"}  # ml-100k: u.data
 DATASETS = ("beauty", "ml-1m", "ml-100k")
 GENERIC_COLUMNS = {"session_id": "key", "user_id": "key", "item_id": "item", "timestamp": "time"}
 GENERIC_ITEM_COLUMNS = ("item_id", "name")
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+RECBOLE_TEXT_TYPES = ("token", "token_seq")
+TIMESTAMP_UNITS = ("auto", "s", "ms")
+# `auto` reads a file's timestamps as milliseconds when the largest one reaches this: 1e11 s is the year 5138,
+# 1e11 ms is March 1973, so only millisecond logs from before 1973 are misread (pass the unit then).
+MS_THRESHOLD = 1e11
 
 _ASIN = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
 
@@ -56,9 +67,12 @@ class RawData:
   keys: np.ndarray  # str [M]   user or session key
   items: np.ndarray  # str [M]  raw item id
   times: np.ndarray  # int64 [M] unix seconds
-  order: np.ndarray  # int64 [M] position in the original file (breaks timestamp ties)
+  # int64 [M] breaks timestamp ties: the position in the original file (with sub-second timestamps, the rank by
+  # exact time, then file position)
+  order: np.ndarray
   names: dict[str, str]  # raw item id -> name (may miss items; see `item_name`)
   files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # role -> file name, checksums
+  sessions_given: bool = False  # keys are session ids: each is one session, never split at gaps
 
   def __len__(self) -> int:
     return int(self.times.shape[0])
@@ -249,8 +263,17 @@ def _timestamp(value: Any, path: str, number: int, field: str) -> int:
   raise RawDataError(f"{path}: line {number}: field '{field}': expected an integer unix timestamp, got {value!r}")
 
 
-def _fields(line: str, sep: str, columns: tuple[str, ...], path: str, number: int) -> list[str]:
-  fields = line.split(sep)
+def _fields(line: str, sep: str, columns: tuple[str, ...], path: str, number: int, quoted: bool = False) -> list[str]:
+  """Splits a line into exactly `len(columns)` fields; `quoted`: a field may be double-quoted, as pandas (and so
+  RecBole) reads it."""
+  if quoted and '"' in line:
+    try:
+      fields = next(csv.reader([line], delimiter=sep, strict=True))
+    except csv.Error as e:
+      raise RawDataError(f"{path}: line {number}: malformed quoting ({e}); expected a double-quoted field to end "
+                         "at its closing quote, inner quotes doubled (pandas' reading, which RecBole uses)") from None
+  else:
+    fields = line.split(sep)
   if len(fields) != len(columns):
     raise RawDataError(f"{path}: line {number}: expected {len(columns)} {sep!r}-separated columns "
                        f"({', '.join(columns)}), got {len(fields)}")
@@ -371,6 +394,8 @@ def read_generic_interactions(path: str) -> RawData:
   for number, line in body:
     fields = _fields(line, "\t", tuple(columns), path, number)
     rows.append((fields[key], fields[item], _timestamp(fields[time], path, number, columns[time])))
+  if not rows:
+    raise RawDataError(f"{path}: a header but no interactions; expected {what}")
   return _interactions(rows)
 
 
@@ -400,3 +425,157 @@ def _local_record(path: str) -> dict[str, Any]:
           "checksum": "user file; sha256 recorded"}
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# RecBole atomic files
+
+
+@dataclasses.dataclass(frozen=True)
+class AtomicFile:
+  """An open RecBole atomic file: its typed header and an iterator over its rows (read once)."""
+
+  path: str
+  header_line: int  # line number of the header
+  types: dict[str, str]  # field name -> RecBole type, in header order
+  rows: Iterator[tuple[int, list[str]]]  # (line number, one field per header column)
+
+  def header(self) -> str:
+    return "\t".join(f"{name}:{ftype}" for name, ftype in self.types.items())
+
+  def require(self, field: str, types: tuple[str, ...], what: str) -> None:
+    """Raises a located error unless the header has `field` with one of `types`."""
+    if field not in self.types:
+      raise RawDataError(f"{self.path}: line {self.header_line}: missing required field '{field}' in the header "
+                         f"({self.header()}); expected {what}")
+    if self.types[field] not in types:
+      raise RawDataError(f"{self.path}: line {self.header_line}: field '{field}' has type "
+                         f"{self.types[field]!r}; expected {' or '.join(types)}")
+
+
+def read_atomic(path: str, what: str = "a RecBole atomic file (tab-separated, typed header name:type)") -> AtomicFile:
+  """Opens a RecBole atomic file (`.inter`, `.item`, ...) as RecBole reads it.
+
+  The first line is the header: tab-separated `name:type` with type one of `RECBOLE_TYPES`. Every other line holds
+  one tab-separated field per header column; a field may be double-quoted (pandas' reading, which RecBole uses).
+  `token_seq` and `float_seq` values are space-separated; they are returned as the raw field text.
+  """
+  lines = _lines(path, what)
+  first = next(lines, None)
+  if first is None:
+    raise RawDataError(f"{path}: empty file; expected {what}")
+  number, header = first
+  types: dict[str, str] = {}
+  for column in header.split("\t"):
+    name, colon, ftype = column.partition(":")
+    if not colon or not name or ftype not in RECBOLE_TYPES:
+      raise RawDataError(f"{path}: line {number}: header column {column!r}: expected name:type with type one of "
+                         f"{', '.join(RECBOLE_TYPES)} (a RecBole atomic header, e.g. item_id:token); expected {what}")
+    if name in types:
+      raise RawDataError(f"{path}: line {number}: field '{name}' appears twice in the header")
+    types[name] = ftype
+  columns = tuple(f"{name}:{ftype}" for name, ftype in types.items())
+  rows = ((n, _fields(line, "\t", columns, path, n, quoted=True)) for n, line in lines)
+  return AtomicFile(path=path, header_line=number, types=types, rows=rows)
+
+
+def _non_empty(value: str, path: str, number: int, field: str) -> str:
+  if not value.strip():
+    raise RawDataError(f"{path}: line {number}: field '{field}' is empty; expected a token")
+  return value
+
+
+def _number(value: str, path: str, number: int, field: str) -> float:
+  try:
+    result = float(value)
+  except ValueError:
+    result = math.nan
+  if not math.isfinite(result):
+    raise RawDataError(f"{path}: line {number}: field '{field}': expected a number (unix time in seconds or "
+                       f"milliseconds), got {value!r}")
+  return result
+
+
+def timestamp_unit(times: np.ndarray, unit: str) -> str:
+  """`s` or `ms`: `unit` itself, or for `auto` ms when the largest absolute timestamp reaches `MS_THRESHOLD`."""
+  if unit not in TIMESTAMP_UNITS:
+    raise RawDataError(f"timestamp unit: expected one of {TIMESTAMP_UNITS}, got {unit!r}")
+  if unit != "auto":
+    return unit
+  return "ms" if len(times) and float(np.max(np.abs(times))) >= MS_THRESHOLD else "s"
+
+
+def read_recbole_interactions(path: str, unit: str = "auto") -> RawData:
+  """A RecBole `.inter` file: one interaction per row, keyed by `session_id` (a session dataset: each id is one
+  session) or else `user_id` (a user dataset, sessionised later by a gap).
+
+  Args:
+    path: the `.inter` file.
+    unit: `s`, `ms` or `auto` (see `timestamp_unit`). Timestamps are stored as whole unix seconds; the exact value
+      (milliseconds, fractions) still orders clicks within a second (`RawData.order`).
+  """
+  what = ("a RecBole atomic .inter file: a tab-separated typed header with item_id:token, session_id:token or "
+          "user_id:token, and timestamp:float (any order, other columns ignored), then one interaction per line")
+  atomic = read_atomic(path, what)
+  key = "session_id" if "session_id" in atomic.types else "user_id"
+  if key not in atomic.types:
+    raise RawDataError(f"{path}: line {atomic.header_line}: missing required field 'session_id' or 'user_id' in "
+                       f"the header ({atomic.header()}); expected {what}")
+  for field, types in ((key, ("token",)), ("item_id", ("token",)), ("timestamp", ("float",))):
+    atomic.require(field, types, what)
+  index = {name: i for i, name in enumerate(atomic.types)}
+  k, i, t = index[key], index["item_id"], index["timestamp"]
+  keys, items, times = [], [], []
+  for number, fields in atomic.rows:
+    keys.append(_non_empty(fields[k], path, number, key))
+    items.append(_non_empty(fields[i], path, number, "item_id"))
+    times.append(_number(fields[t], path, number, "timestamp"))
+  if not times:
+    raise RawDataError(f"{path}: a header but no interactions; expected {what}")
+  exact = np.asarray(times, np.float64)
+  chosen = timestamp_unit(exact, unit)
+  seconds = np.floor(exact / 1000 if chosen == "ms" else exact).astype(np.int64)
+  order = np.empty(len(exact), np.int64)
+  order[np.lexsort((np.arange(len(exact)), exact))] = np.arange(len(exact))
+  record = {**_local_record(path), "key_field": key, "timestamp_unit": chosen,
+            "timestamp_unit_rule": "given" if unit != "auto" else f"auto (ms when max |t| >= {MS_THRESHOLD:.0e})"}
+  return RawData(keys=np.asarray(keys, dtype=str), items=np.asarray(items, dtype=str), times=seconds, order=order,
+                 names={}, files={"inter": record}, sessions_given=key == "session_id")
+
+
+def read_recbole_names(path: str, name_field: str | None = None) -> tuple[dict[str, str], str]:
+  """Item names from a RecBole `.item` file.
+
+  Args:
+    path: the `.item` file (typed header with `item_id:token`).
+    name_field: the column holding the names (`title`, `name`, `movie_title`, ...), a token or token_seq column;
+      None: the first such column other than `item_id`. A token_seq value (space-separated words) is the name as is.
+
+  Returns:
+    (raw item id -> name, the column read).
+  """
+  what = "a RecBole atomic .item file: a tab-separated typed header with item_id:token and a name column"
+  atomic = read_atomic(path, what)
+  atomic.require("item_id", ("token",), what)
+  if name_field is None:
+    text = [n for n, ftype in atomic.types.items() if n != "item_id" and ftype in RECBOLE_TEXT_TYPES]
+    if not text:
+      raise RawDataError(f"{path}: line {atomic.header_line}: no text column (token or token_seq) besides item_id "
+                         f"in the header ({atomic.header()}); expected a name column such as title:token_seq")
+    name_field = text[0]
+  elif name_field not in atomic.types:
+    raise RawDataError(f"{path}: line {atomic.header_line}: no column '{name_field}' in the header "
+                       f"({atomic.header()}); expected the item-name column that was asked for")
+  atomic.require(name_field, RECBOLE_TEXT_TYPES, what)
+  index = {name: i for i, name in enumerate(atomic.types)}
+  i, n = index["item_id"], index[name_field]
+  return {_non_empty(f[i], path, number, "item_id"): f[n] for number, f in atomic.rows}, name_field
+
+
+def read_recbole(inter: str, item: str | None = None, item_name_field: str | None = None,
+                 unit: str = "auto") -> RawData:
+  """A RecBole `.inter` file and, optionally, its `.item` file's names; source records with sha256."""
+  data = read_recbole_interactions(inter, unit)
+  if item is None:
+    return data
+  names, field = read_recbole_names(item, item_name_field)
+  return dataclasses.replace(data, names=names, files={**data.files, "item": {**_local_record(item),
+                                                                                 "name_field": field}})

@@ -1,5 +1,9 @@
 """Sessionization, filters, prefix samples and the two split protocols (synthetic; real data when present)."""
 
+import collections
+import dataclasses
+import math
+import shutil
 import subprocess
 import sys
 import time
@@ -157,8 +161,95 @@ def test_round_trip_through_save_and_load(tmp_path):
 
 
 def test_empty_after_filtering_is_an_error():
-  with pytest.raises(ValueError, match="no session of length >= 2"):
-    preprocess.preprocess(_raw([("u", "a", 1), ("v", "b", 2)]), "e", test_size=0, valid_size=0)
+  data = dataclasses.replace(_raw([("u", "a", 1), ("u", "b", 2), ("v", "b", 3)]), files={"ratings": {"file": "r.dat"}})
+  with pytest.raises(preprocess.PreprocessError) as e:
+    preprocess.preprocess(data, "e", test_size=0, valid_size=0)
+  assert str(e.value) == ("e (r.dat): no session of length >= 2 is left after dropping length-1 sessions and items "
+                          "seen < 5 times (3 interactions, 2 sessions); expected sessions of 2+ clicks on items seen "
+                          "often enough (lower min_item_count?)")
+  with pytest.raises(preprocess.PreprocessError, match="test_size: 2 samples requested out of 1; expected"):
+    preprocess.preprocess(data, "e", test_size=2, valid_size=0, min_item_count=1)
+
+
+def test_session_ids_are_never_split_at_gaps():
+  data = dataclasses.replace(_raw([("s", "a", 0), ("s", "b", 10**6)]), sessions_given=True)
+  with pytest.raises(preprocess.PreprocessError, match="the keys are session ids, each one session; a session gap "
+                     r"\(10 minutes\) applies only to user ids"):
+    preprocess.preprocess(data, "s", test_size=0, valid_size=0, min_item_count=1, session_gap_minutes=10)
+  ds = preprocess.preprocess(data, "s", test_size=0, valid_size=0, min_item_count=1)
+  assert _raw_sequences(ds, "train") == [(["a"], "b")] and ds.protocol["sessions"] == "per session id"
+
+
+def test_last_click_gives_one_sample_per_session():
+  rows = [("u", "a", 10), ("u", "b", 20), ("u", "c", 30), ("v", "c", 5), ("v", "a", 6), ("w", "b", 40), ("w", "a", 50)]
+  ds = preprocess.preprocess(_raw(rows), "l", test_size=0, valid_size=0, min_item_count=1, samples="last")
+  assert _raw_sequences(ds, "train") == [(["c"], "a"), (["a", "b"], "c"), (["b"], "a")]
+  assert ds.splits["train"].times.tolist() == [6, 30, 50] and ds.protocol["samples"] == "last"
+  every = preprocess.preprocess(_raw(rows), "l", test_size=0, valid_size=0, min_item_count=1)
+  assert "samples" not in every.protocol  # the default leaves fingerprints of earlier datasets unchanged
+  assert len(every.splits["train"]) == 4 != len(ds.splits["train"])
+  assert every.fingerprint != ds.fingerprint and every.raw_item_ids == ds.raw_item_ids
+  with pytest.raises(preprocess.PreprocessError, match="samples: expected one of"):
+    preprocess.preprocess(_raw(rows), "l", samples="first")
+
+
+def _ml1m_style_ratings(seed=0, users=40):
+  """ratings.dat lines: bursts of clicks (gaps <= 600 s, exactly 600 included) separated by gaps > 600 s, with a
+  Zipf-like item pool (rare items get filtered), lines shuffled (the official file is not in time order)."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for user in range(1, users + 1):
+    t = 978_300_000 + int(rng.integers(0, 10**6))
+    for _ in range(int(rng.integers(1, 5))):
+      for _ in range(int(rng.integers(1, 9))):
+        lines.append(f"{user}::{1 + int(rng.zipf(1.5)) % 60}::{int(rng.integers(1, 6))}::{t}")
+        t += int(rng.choice([0, 60, 300, 600]))
+      t += 601 + int(rng.integers(0, 5000))
+  rng.shuffle(lines)
+  return lines
+
+
+def _sessions_by_hand(lines, gap_seconds, min_count):
+  """An independent transcription of the paper's ML-1M sessions and filters, for the arithmetic test."""
+  clicks = {}
+  for number, line in enumerate(lines):
+    user, item, _, t = line.split("::")
+    clicks.setdefault(user, []).append((int(t), number, item))
+  sessions = []
+  for user_clicks in clicks.values():
+    user_clicks.sort()
+    current = [user_clicks[0]]
+    for before, after in zip(user_clicks, user_clicks[1:]):
+      if after[0] - before[0] > gap_seconds:
+        sessions.append(current)
+        current = []
+      current.append(after)
+    sessions.append(current)
+  sessions = [[item for _, _, item in s] for s in sessions if len(s) >= 2]
+  counts = collections.Counter(item for s in sessions for item in s)
+  sessions = [[item for item in s if counts[item] >= min_count] for s in sessions]
+  return [s for s in sessions if len(s) >= 2]
+
+
+def test_ml1m_table1_arithmetic_on_synthetic_ratings(tmp_path):
+  lines = _ml1m_style_ratings()
+  (tmp_path / "ratings.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
+  (tmp_path / "movies.dat").write_text("".join(f"{i}::Movie {i} (1999)::Drama\n" for i in range(1, 61)),
+                                       encoding="latin-1")
+  data = raw.read_movielens_1m(str(tmp_path / "ratings.dat"), str(tmp_path / "movies.dat"))
+  ds = preprocess.preprocess(data, "ml-1m", protocol="paper", test_size=0.1, valid_size=0, session_gap_minutes=10,
+                             samples="last")
+  sessions = _sessions_by_hand(lines, 600, 5)
+  stats = dataset.statistics(ds)
+  # Table 1's ML-1M row: train + test = sessions, test = ceil(10% of sessions), clicks = all clicks of the
+  # sessions, average length = clicks / sessions - 1 (the prefix; the last click is the target).
+  assert 20 < len(sessions) == stats["train"] + stats["test"] == stats["sessions"]
+  assert stats["test"] == math.ceil(0.1 * len(sessions)) and stats["valid"] == 0
+  assert stats["clicks"] == sum(map(len, sessions)) and stats["items"] == len({i for s in sessions for i in s})
+  prefix = np.concatenate([ds.splits[k].lengths for k in ("train", "test")])
+  assert prefix.mean() == pytest.approx(stats["clicks"] / stats["sessions"] - 1)
+  samples = _raw_sequences(ds, "train") + _raw_sequences(ds, "test")
+  assert sorted(samples) == sorted((s[:-1], s[-1]) for s in sessions)
 
 
 def test_launcher_on_generic_tsv(tmp_path):
@@ -201,3 +292,42 @@ def test_ml100k_temporal_real():
   train, test = ds.splits["train"], ds.splits["test"]
   assert train.times.max() <= test.times.min()
   assert ds.extra_stats["raw_interactions"] == 100_000 and ds.extra_stats["sessions"] > 943
+
+
+@needs_shared
+def test_launcher_ml1m_paper_protocol_is_last_click(tmp_path):
+  shutil.copy(SHARED / "ml-1m" / "movies.dat", tmp_path / "movies.dat")  # the official file passes its md5 check
+  lines = _ml1m_style_ratings()
+  (tmp_path / "ratings.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
+  sessions = len(_sessions_by_hand(lines, 600, 5))
+  launcher = [sys.executable, str(REPO / "experiments" / "prepare_data.py"), "--dataset", "ml-1m", "--raw_dir",
+              str(tmp_path), "--protocol", "paper", "--valid_size", "0"]
+  for extra, samples in (([], "last"), (["--samples", "all"], "all")):
+    out = tmp_path / f"out_{samples}"
+    result = subprocess.run(launcher + extra + ["--out_dir", str(out)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    ds = dataset.load_dataset(str(out), verify=True)
+    stats = dataset.statistics(ds)
+    assert ds.protocol.get("samples", "all") == samples and ds.protocol["session_gap_minutes"] == 10
+    expected = sessions if samples == "last" else stats["clicks"] - sessions
+    assert (stats["sessions"], stats["train"] + stats["test"]) == (sessions, expected)
+    assert f"| {stats['train']:,} |" in result.stdout.replace("  ", " ").replace("  ", " ")
+
+
+def test_last_click_training_split_feeds_the_graphs():
+  from llm4sbr_jax.models import gcegnn, s2dhcn  # pylint: disable=g-import-not-at-top
+  log = _random_log()
+  last_only = [(f"z{k}", item, 2 * 10**6 + t) for k in range(3) for t, item in enumerate(("i1", "z"))]
+  data = _raw(list(zip(log.keys.tolist(), log.items.tolist(), log.times.tolist())) + last_only)
+  ds = preprocess.preprocess(data, "r", protocol="paper", test_size=0, valid_size=0, min_item_count=2, samples="last")
+  train = ds.splits["train"]
+  whole = {int(s): train.prefix(i).tolist() + [int(train.targets[i])] for i, s in enumerate(train.sessions)}
+  # GCE-GNN's global graph reads every training session whole (the one sample's prefix + target), nothing else.
+  items, offsets = gcegnn.graph_sequences(train)
+  assert [items[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == [whole[s] for s in sorted(whole)]
+  # S2-DHCN: one hyperedge per training session, its clicks but the last; an item only ever last has no hyperedge.
+  graph = s2dhcn.build_hypergraph(train, ds.num_items, "factored")
+  assert graph.num_edges == len(whole) and graph.incidences == sum(len(set(p[:-1])) for p in whole.values())
+  in_prefix = np.zeros(ds.num_items + 1, bool)
+  in_prefix[np.asarray(train.items)] = True
+  assert np.array_equal(graph.dinv > 0, in_prefix[1:]) and graph.dinv[ds.raw_item_ids.index("z") - 1] == 0

@@ -242,3 +242,96 @@ def test_beauty_real_counts_and_title_fallback():
   missing = [i for i in np.unique(data.items) if i not in data.names]
   assert len(missing) == 7 and raw.item_name(data.names, missing[0]) == f"Item {missing[0]}"
   assert all(r["checksum"].startswith("no published checksum") for r in data.files.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RecBole atomic files
+
+
+def test_recbole_session_dataset_any_column_order_extra_columns_ignored(tmp_path):
+  inter = _write(tmp_path / "x.inter",
+                 "timestamp:float\trating:float\titem_id:token\ttags:token_seq\tsession_id:token\n"
+                 "20\t5\ti2\ta b\ts1\n10\t4\ti1\t\ts1\n15.5\t3\ti1\tc\ts2\n")
+  data = raw.read_recbole(inter)
+  assert (data.keys.tolist(), data.items.tolist(), data.times.tolist()) == (["s1", "s1", "s2"], ["i2", "i1", "i1"],
+                                                                           [20, 10, 15])
+  assert data.sessions_given and data.names == {} and data.files["inter"]["key_field"] == "session_id"
+  assert data.files["inter"]["timestamp_unit"] == "s" and data.files["inter"]["md5"] == _md5(inter)
+
+
+def test_recbole_user_dataset_milliseconds_keep_sub_second_order(tmp_path):
+  # u1's two clicks share a second; the later millisecond comes first in the file.
+  inter = _write(tmp_path / "u.inter", "user_id:token\titem_id:token\ttimestamp:float\n"
+                 "u1\tB\t1400000000900\nu1\tA\t1400000000100\nu2\tA\t1400000100000\n")
+  data = raw.read_recbole(inter)
+  assert data.times.tolist() == [1400000000, 1400000000, 1400000100] and not data.sessions_given
+  assert data.files["inter"]["timestamp_unit"] == "ms" and data.files["inter"]["key_field"] == "user_id"
+  perm, offsets = preprocess.sessionize(data.keys, data.times, data.order)
+  assert data.items[perm[offsets[0]:offsets[1]]].tolist() == ["A", "B"]  # by milliseconds, not file order
+  # An explicit unit wins over the magnitude rule; `auto` switches to ms at exactly 1e11.
+  assert raw.read_recbole(inter, unit="s").times.tolist()[0] == 1400000000900
+  assert raw.timestamp_unit(np.array([99_999_999_999.0]), "auto") == "s"
+  assert raw.timestamp_unit(np.array([1e11]), "auto") == "ms"
+
+
+def test_recbole_item_names_default_and_chosen_column(tmp_path):
+  item = _write(tmp_path / "x.item", "year:float\titem_id:token\tgenre:token\tmovie_title:token_seq\n"
+                "1995\ti1\tDrama\tToy Story\n1996\ti2\tComedy\tHeat\n")
+  assert raw.read_recbole_names(item) == ({"i1": "Drama", "i2": "Comedy"}, "genre")  # the first text column
+  assert raw.read_recbole_names(item, "movie_title") == ({"i1": "Toy Story", "i2": "Heat"}, "movie_title")
+  inter = _write(tmp_path / "x.inter", "session_id:token\titem_id:token\ttimestamp:float\ns\ti1\t1\ns\ti3\t2\n")
+  data = raw.read_recbole(inter, item, "movie_title")
+  assert data.names["i1"] == "Toy Story" and raw.item_name(data.names, "i3") == "Item i3"
+  assert data.files["item"]["name_field"] == "movie_title" and data.files["item"]["md5"] == _md5(item)
+
+
+def test_recbole_quoted_fields_read_as_pandas_reads_them(tmp_path):
+  item = _write(tmp_path / "q.item", 'item_id:token\ttitle:token_seq\ni1\t"""Best"" of\tall"\ni2\tsay "hi"\n')
+  assert raw.read_recbole_names(item)[0] == {"i1": '"Best" of\tall', "i2": 'say "hi"'}
+  bad = _write(tmp_path / "b.item", 'item_id:token\ttitle:token_seq\ni1\tA\ni2\t"Quoted" Title\n')
+  _raises([bad, "line 3", "malformed quoting", "expected a double-quoted field to end at its closing quote"],
+          raw.read_recbole_names, bad)
+
+
+@pytest.mark.parametrize("header, rows, parts", [
+    ("session_id:token\ttimestamp:float", "s\t1", ["line 1", "missing required field 'item_id'",
+                                                   "(session_id:token\ttimestamp:float)", "expected a RecBole"]),
+    ("item_id:token\ttimestamp:float", "i\t1", ["line 1", "missing required field 'session_id' or 'user_id'"]),
+    ("user_id:token\titem_id:token", "u\ti", ["line 1", "missing required field 'timestamp'"]),
+    ("user_id:token\titem_id:float\ttimestamp:float", "u\t1\t1", ["line 1", "field 'item_id' has type 'float'",
+                                                                  "expected token"]),
+    ("user_id\titem_id:token\ttimestamp:float", "u\ti\t1", ["line 1", "header column 'user_id'",
+                                                          "expected name:type"]),
+    ("user_id:str\titem_id:token\ttimestamp:float", "u\ti\t1", ["line 1", "header column 'user_id:str'",
+                                                              "token, token_seq, float, float_seq"]),
+    ("user_id:token\titem_id:token\titem_id:token", "u\ti\ti", ["line 1", "field 'item_id' appears twice"]),
+    ("user_id:token\titem_id:token\ttimestamp:float", "u\ti\t1\nu\ti", [
+        "line 3", "expected 3 '\\t'-separated columns (user_id:token, item_id:token, timestamp:float), got 2"]),
+    ("user_id:token\titem_id:token\ttimestamp:float", "u\ti\t1\nu\ti\t2021-01-01", [
+        "line 3", "field 'timestamp'", "expected a number", "'2021-01-01'"]),
+    ("user_id:token\titem_id:token\ttimestamp:float", "u\ti\tnan", ["line 2", "field 'timestamp'"]),
+    ("user_id:token\titem_id:token\ttimestamp:float", "u\t \t5", ["line 2", "field 'item_id' is empty"]),
+    ("user_id:token\titem_id:token\ttimestamp:float", "", ["a header but no interactions"]),
+])
+def test_recbole_inter_errors(tmp_path, header, rows, parts):
+  path = _write(tmp_path / "bad.inter", header + "\n" + rows + ("\n" if rows else ""))
+  _raises([path] + parts, raw.read_recbole, path)
+
+
+def test_recbole_item_errors(tmp_path):
+  item = _write(tmp_path / "x.item", "item_id:token\ttitle:token_seq\tyear:float\ni1\tA\t1990\n")
+  _raises([item, "line 1", "no column 'name'", "(item_id:token\ttitle:token_seq\tyear:float)"],
+          raw.read_recbole_names, item, "name")
+  _raises([item, "line 1", "field 'year' has type 'float'", "expected token or token_seq"],
+          raw.read_recbole_names, item, "year")
+  numeric = _write(tmp_path / "n.item", "item_id:token\tyear:float\ni1\t1990\n")
+  _raises([numeric, "line 1", "no text column", "title:token_seq"], raw.read_recbole_names, numeric)
+  no_id = _write(tmp_path / "i.item", "iid:token\ttitle:token_seq\ni1\tA\n")
+  _raises([no_id, "missing required field 'item_id'"], raw.read_recbole_names, no_id)
+  _raises([str(tmp_path / "none.item"), "file not found", "expected a RecBole atomic .item file"],
+          raw.read_recbole_names, str(tmp_path / "none.item"))
+
+
+def test_generic_header_only_is_an_error(tmp_path):
+  path = _write(tmp_path / "h.tsv", "session_id\titem_id\ttimestamp\n")
+  _raises([path, "a header but no interactions"], raw.read_generic_interactions, path)
