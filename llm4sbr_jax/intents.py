@@ -11,6 +11,14 @@ dim, NaN/inf rows, unknown perspective, checksum mismatch) and localizes the ans
 f = 0 keeps the raw answer embedding; f = 1 gives the nearest item's embedding. Results are cached per f on disk
 (`<stage1_dir>/localized/`, keyed by split, perspective, f and the manifest hash), so an f sweep never reruns
 stage 1. No torch here: numpy and jax only.
+
+Answers that name an item by its id: a small LLM sometimes answers with a raw item id (an ASIN) or with
+`name_rawid` as the prompt writes items, whose embedding lands on unrelated items. Stage 1 matches such answers
+exactly against the catalog when it writes them (`<perspective>.items.npy` per shard, counted in the manifest's
+`stats.named_item_answers`): there the prompt format and the raw answer are at hand, and the match is recorded next
+to the answer. Stage 2 takes the named item's name embedding as the localized intent of those answers, for every f
+(also f = 0), instead of eq. 3-4. Stage-1 outputs written before this matching have no such files and localize as
+before.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 from typing import Sequence
 
@@ -30,6 +39,7 @@ from llm4sbr_jax import dataset as dataset_lib
 from llm4sbr_jax.raw import file_digest
 
 FORMAT_VERSION = 1
+_LOG = logging.getLogger(__name__)
 _MAX_SIM_ELEMENTS = 1 << 24  # similarity entries per localization chunk (64 MiB of float32)
 
 
@@ -101,6 +111,13 @@ class Stage1:
              for s in self._shards(split, perspective)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.dim), np.float32)
 
+  def named_items(self, split: str, perspective: str) -> np.ndarray:
+    """The item each answer names exactly (stage 1's id-answer match), int64 aligned with `rows`; 0 = none (also
+    for every answer of a shard written before stage 1 matched ids)."""
+    parts = [np.load(os.path.join(self.directory, s["items_file"]), allow_pickle=False) if "items_file" in s
+             else np.zeros(s["num_rows"], np.int64) for s in self._shards(split, perspective)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
   def answer_records(self, split: str, perspective: str) -> dict[int, dict]:
     """row -> the answers.jsonl record (prompt, raw and cleaned answer) for `perspective`."""
     out = {}
@@ -165,6 +182,13 @@ def open_stage1(stage1_dir: str, dataset: dataset_lib.ProcessedDataset, verify: 
       raise IntentsError(f"{stage1_dir}/{file}: {emb.shape[0]} rows but {shard['rows_file']} lists {rows.shape[0]}")
     if verify:
       _check_finite(f"{stage1_dir}/{file}", emb, rows)
+    if "items_file" in shard:
+      named = _load(stage1_dir, shard["items_file"], shard["items_sha256"] if verify else None)
+      if (named.shape != rows.shape or not np.issubdtype(named.dtype, np.integer)
+          or (named.size and (named.min() < 0 or named.max() > dataset.num_items))):
+        raise IntentsError(f"{stage1_dir}/{shard['items_file']}: expected {rows.shape[0]} integer item ids in "
+                           f"0..{dataset.num_items} (0 = the answer names no item), got {named.dtype} "
+                           f"{named.shape}")
   for (split, perspective), parts in covered.items():
     rows = np.sort(np.concatenate([r for r, _ in parts]))
     dup = rows[1:][rows[1:] == rows[:-1]]
@@ -253,7 +277,8 @@ def localized_intents(stage1_dir: str, dataset: dataset_lib.ProcessedDataset, sp
     dataset: the processed dataset (its fingerprint must match the manifest).
     split: "train", "valid" or "test".
     perspectives: perspective names in output order (default: the manifest's order).
-    f: localization top-f (0 = raw answer embeddings).
+    f: localization top-f (0 = raw answer embeddings); an answer that names an item by its id gets that item's
+      embedding for every f (module docstring).
     rows: the split's sample indices to return (default: every sample, in order; all must be covered).
     cache: read/write the per-f cache under `<stage1_dir>/localized/`.
     verify: check checksums and finiteness of the stage-1 files (see `open_stage1`).
@@ -287,6 +312,12 @@ def localized_intents(stage1_dir: str, dataset: dataset_lib.ProcessedDataset, sp
       if cache:
         _save_cache(path, loc)
     out[:, k] = loc[pos]
+    named = s1.named_items(split, p)[pos]
+    hit = named > 0
+    if hit.any():
+      out[hit, k] = s1.item_embeddings()[named[hit]]
+      _LOG.info("%s %s: %d of %d answers name an item by its id; their intent is that item's embedding", split, p,
+                int(hit.sum()), len(hit))
   return out
 
 

@@ -1,11 +1,14 @@
 """Tests of llm4sbr_jax.intents: the stage-1 contract checks, intent localization and the item-text baseline."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import stage1_fixtures as fx
+from conftest import REPO
 from llm4sbr_jax import intents
 from third_party_infer import manifest as manifest_lib
 
@@ -185,3 +188,71 @@ def test_item_text_intents(tmp_path):
   for i in range(len(split)):
     np.testing.assert_allclose(x[i, 0], emb[split.prefix(i)].mean(0), rtol=1e-5)
     np.testing.assert_array_equal(x[i, 1], emb[split.prefix(i)[-1]])
+
+
+def _add_named_items(out, named_by_shard):
+  """Adds stage 1's `<perspective>.items.npy` files (the id-answer matches) to a fake output and re-finalizes it."""
+  m = _manifest(out)
+  plan = {}
+  for shard in m["shards"]:
+    d = os.path.join(out, os.path.dirname(shard["file"]))
+    meta_path = os.path.join(d, "meta.json")
+    meta = manifest_lib.read_json(meta_path)
+    name = manifest_lib.named_items_file(shard["perspective"])
+    manifest_lib.save_npy(os.path.join(d, name), named_by_shard[shard["file"]])
+    meta["sha256"][name] = manifest_lib.sha256_file(os.path.join(d, name))
+    meta["stats"].setdefault("named_item_answers", {})[shard["perspective"]] = int(
+        np.count_nonzero(named_by_shard[shard["file"]]))
+    manifest_lib.write_json(meta_path, meta)
+    rows = np.load(os.path.join(out, shard["rows_file"]))
+    plan.setdefault(shard["split"], {})[shard["row_start"]] = rows
+  return manifest_lib.finalize(out, {s: [r for _, r in sorted(v.items())] for s, v in plan.items()})
+
+
+def test_answers_naming_an_item_take_its_embedding(setup):
+  ds, out = setup
+  before = {f: intents.localized_intents(out, ds, "test", f=f) for f in (0, 3)}  # fills the per-f cache
+  n = len(ds.splits["test"])
+  named = {"long-term": np.zeros(n, np.int32), "short-term": np.zeros(n, np.int32)}
+  named["long-term"][[0, 5]] = [7, ds.num_items]
+  named["short-term"][[5]] = [2]
+  by_shard = {s["file"]: named[s["perspective"]][s["row_start"]:s["row_end"]] for s in _manifest(out)["shards"]}
+  manifest = _add_named_items(out, by_shard)
+  assert manifest["stats"]["named_item_answers"] == {"long-term": 2, "short-term": 1}
+  s1 = intents.open_stage1(out, ds)
+  np.testing.assert_array_equal(s1.named_items("test", "long-term"), named["long-term"])
+  items = s1.item_embeddings()
+  for f in (0, 3):
+    x = intents.localized_intents(out, ds, "test", f=f)
+    for k, p in enumerate(("long-term", "short-term")):
+      hit = named[p] > 0
+      np.testing.assert_array_equal(x[hit, k], items[named[p][hit]])
+      np.testing.assert_array_equal(x[~hit, k], before[f][~hit, k])
+  sub = intents.localized_intents(out, ds, "test", f=3, rows=[5, 1])
+  np.testing.assert_array_equal(sub[0, 1], items[2])
+
+
+def test_named_items_out_of_range(setup):
+  ds, out = setup
+  by_shard = {s["file"]: np.zeros(s["num_rows"], np.int32) for s in _manifest(out)["shards"]}
+  first = _manifest(out)["shards"][0]["file"]
+  by_shard[first][1] = ds.num_items + 1
+  _add_named_items(out, by_shard)
+  with pytest.raises(intents.IntentsError, match=rf"long-term.items.npy: expected 4 integer item ids in "
+                                                 rf"0..{ds.num_items} \(0 = the answer names no item\)"):
+    intents.open_stage1(out, ds)
+
+
+@pytest.mark.parametrize("launcher,config", [("train.py", "llm4sbr.py"), ("paper.py", "fsweep.py")])
+def test_launcher_stage1_of_another_dataset_is_one_error_line(launcher, config, tmp_path):
+  ds = fx.tiny_dataset(str(tmp_path / "ds"))
+  other = fx.tiny_dataset(str(tmp_path / "other"), seed=1)
+  fx.fake_stage1(str(tmp_path / "stage1"), other)
+  result = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / launcher), "--config", str(REPO / "experiments" / "configs" / config),
+       f"--config.dataset_dir={tmp_path / 'ds'}", f"--config.intents.stage1_dir={tmp_path / 'stage1'}",
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path / 'stage1' / 'manifest.json'}: made from dataset fingerprint {other.fingerprint[:12]}, but "
+      f"the dataset 'tiny' has fingerprint {ds.fingerprint[:12]}; rerun stage 1 on it")

@@ -232,3 +232,69 @@ def test_offline_smollm2_minilm(tmp_path):
   assert emb.shape == (5, 384) and np.isfinite(emb).all()
   unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
   assert unit[3] @ unit[4] > 0.5  # two Neutrogena cleansers are close in MiniLM space
+
+
+def test_match_item():
+  cfg = prompts_lib.PromptConfig()
+  names = ["<pad>", "Red lipstick", "Blue mascara no. 2", "Toy Story (1995)"]
+  lookup = cfg.item_lookup(names, ["", "B00000001X", "B00000002X", "1"])
+  match = lambda raw: prompts_lib.match_item(llm_lib.clean_answer(raw, strip_id=False), lookup)
+  assert match("B00000002X") == 2 and match('The item in question is the "B00000002X" mascara.') == 2
+  assert match("Red lipstick_B00000001X") == 1 and match("3. Red lipstick_B00000001X.\nMore") == 1
+  assert match("**Toy Story (1995)_1**") == 3  # name_rawid names it; the all-digit id alone could be a list number
+  assert match("1") == 0 and match("Red lipstick") == 0 and match("Red lipstick_B00000002X") == 0
+  assert match("The item in question is Red lipstick_B00000001X.") == 0  # exact answers only
+  assert llm_lib.clean_answer("Red lipstick_B00000001X") == "Red lipstick"  # the embedded answer drops the id
+  custom = prompts_lib.PromptConfig(item_line="({index}) {name} [{item_id}]").item_lookup(names, ["", "A1", "A2",
+                                                                                                 "A3"])
+  assert custom["Blue mascara no. 2 [A2]"] == 2 and custom["A3"] == 3
+
+
+class _ScriptedLLM:
+  """No model: long-term answers quote the first item's raw id when the prompt lists an even number of items (else
+  a name that is no catalog item); short-term answers repeat the last item line with a final period."""
+
+  info = {"path": "scripted", "gguf_file": None, "class": "none", "dtype": "none"}
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def generate(self, texts, groups=None):
+    del groups
+    answers = []
+    for text in texts:
+      lines = [l for l in text.splitlines() if l[:1].isdigit()]
+      if "long-term" in text:
+        answers.append(f'The item in question is "{lines[0].rsplit("_", 1)[1]}"' if len(lines) % 2 == 0
+                       else "Red lipstick")
+      else:
+        answers.append(lines[-1] + ".")
+    stats = {"prompts": len(texts), "unique_prompts": len(set(texts)), "prompt_tokens": 0,
+             "prompt_tokens_computed": 0, "padding_share": 0.0, "seconds": 1.0, "prompts_per_s": len(texts)}
+    return answers, stats
+
+
+def test_run_records_answers_naming_items(env, tmp_path, monkeypatch):
+  monkeypatch.setattr(llm_lib, "LLMRunner", _ScriptedLLM)
+  out = tmp_path / "named"
+  assert run.main(_argv(env, out, "--shard_size", "16")) == 0
+  ds = env["ds"]
+  split = ds.splits["test"]
+  first = np.array([split.prefix(i)[0] for i in range(len(split))])
+  expected = {"long-term": np.where(split.lengths % 2 == 0, first, 0),
+              "short-term": np.array([split.prefix(i)[-1] for i in range(len(split))])}
+  m = json.loads((out / "manifest.json").read_text())
+  assert m["stats"]["named_item_answers"] == {p: int(np.count_nonzero(v)) for p, v in expected.items()}
+  assert 0 < m["stats"]["named_item_answers"]["long-term"] < len(split)
+  s1 = intents.open_stage1(str(out), ds)
+  items = s1.item_embeddings()
+  x = intents.localized_intents(str(out), ds, "test", f=3)
+  for k, p in enumerate(expected):
+    np.testing.assert_array_equal(s1.named_items("test", p), expected[p])
+    recs = s1.answer_records("test", p)
+    assert [recs[r]["item"] or 0 for r in range(len(split))] == expected[p].tolist()
+    hit = expected[p] > 0
+    np.testing.assert_array_equal(x[hit, k], items[expected[p][hit]])
+  unnamed = expected["long-term"] == 0
+  ref = intents.localize(s1.answers("test", "long-term"), items, 3)
+  np.testing.assert_allclose(x[unnamed, 0], ref[unnamed], rtol=1e-6)

@@ -42,18 +42,21 @@ _TRAILING_ID = re.compile(r"\s*_\s*[A-Za-z0-9]*\d[A-Za-z0-9]*\s*$")
 _QUOTES = "\"'`*\u201c\u201d\u2018\u2019 "
 
 
-def clean_answer(text: str) -> str:
+def clean_answer(text: str, strip_id: bool = True) -> str:
   """Normalizes a raw answer to an item name.
 
   Keeps the first non-empty line; removes a leading list number or bullet; keeps only the quoted name of a phrase
   like `The item is "Name"`; removes surrounding quotes or markdown emphasis, a trailing `_ItemID` (as the prompt
-  writes items) and trailing commas. A final period stays: catalog names may end with one.
+  writes items; kept with `strip_id=False`, for `prompts.match_item`) and trailing commas. A final period stays:
+  catalog names may end with one.
   """
   line = next((l for l in text.splitlines() if l.strip()), "")
   line = _NUMBERING.sub("", line).strip()
   quoted = _QUOTED.match(line)
   line = (quoted.group(1) if quoted else line).strip(_QUOTES)
-  return _TRAILING_ID.sub("", line).strip().strip(_QUOTES).rstrip(",;").strip()
+  if strip_id:
+    line = _TRAILING_ID.sub("", line)
+  return line.strip().strip(_QUOTES).rstrip(",;").strip()
 
 
 def _dtype(name: str):

@@ -6,8 +6,9 @@ Layout of an output directory::
     item_embeddings.npy             float [num_items + 1, dim]; row i = item i, row 0 = zeros (padding)
     shards/<split>/<k:05d>/         one finished shard (written as <k:05d>.tmp/, renamed when complete)
         rows.npy                    int64 [m]  the split's sample indices held by the shard, increasing
-        answers.jsonl               one line per row and perspective: row, perspective, prompt, raw, answer
+        answers.jsonl               one line per row and perspective: row, perspective, prompt, raw, answer, item
         <perspective>.npy           float [m, dim] answer embeddings, row-aligned with rows.npy
+        <perspective>.items.npy     int32 [m] the item an answer names exactly (raw id or name_rawid), 0 if none
         meta.json                   sha256 of every file above plus timing statistics
     manifest.json                   written last, after checking that every shard is there (see `finalize`)
 """
@@ -58,6 +59,10 @@ def perspective_file(perspective: str) -> str:
   return f"{perspective}.npy"
 
 
+def named_items_file(perspective: str) -> str:
+  return f"{perspective}.items.npy"
+
+
 def finalize(out_dir: str, plan: dict[str, list[np.ndarray]]) -> dict:
   """Checks that every planned shard and the item embeddings are complete, then writes `manifest.json`.
 
@@ -94,6 +99,8 @@ def finalize(out_dir: str, plan: dict[str, list[np.ndarray]]) -> dict:
                        "sha256": meta["sha256"][perspective_file(p)], "rows_file": f"{rel}/rows.npy",
                        "rows_sha256": meta["sha256"]["rows.npy"], "answers_file": f"{rel}/answers.jsonl",
                        "row_start": int(rows[0]), "row_end": int(rows[-1]) + 1, "num_rows": len(rows)})
+        if named_items_file(p) in meta["sha256"]:  # shards written before the id-answer matching have none
+          shards[-1].update(items_file=f"{rel}/{named_items_file(p)}", items_sha256=meta["sha256"][named_items_file(p)])
       metas.append(meta)
   if missing:
     raise Stage1Error(f"{out_dir}: {len(missing)} output(s) not finished yet, e.g. {missing[:3]}; run the remaining "
@@ -126,6 +133,9 @@ def _total_stats(metas: list[dict]) -> dict:
   keys = ("prompts", "unique_prompts", "prompt_tokens", "prompt_tokens_computed", "generate_seconds", "texts",
           "unique_texts", "encode_seconds")
   total = {k: sum(m["stats"][k] for m in metas) for k in keys if all(k in m["stats"] for m in metas)}
+  if all("named_item_answers" in m["stats"] for m in metas):  # answers that are exactly an item's id, per perspective
+    total["named_item_answers"] = {p: sum(m["stats"]["named_item_answers"][p] for m in metas)
+                                   for p in metas[0]["stats"]["named_item_answers"]}
   total["prompts_per_s"] = total["prompts"] / max(total["generate_seconds"], 1e-9)
   total["encoded_texts_per_s"] = total["unique_texts"] / max(total["encode_seconds"], 1e-9)
   return total

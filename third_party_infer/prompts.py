@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from typing import Mapping, Sequence
 
 BACKGROUND = "The order in which users click on items is as follows:"
@@ -75,6 +76,36 @@ class PromptConfig:
     lines += [self.item_line.format(index=k, name=n, item_id=i) for k, (n, i) in enumerate(zip(names, item_ids), 1)]
     lines.append(self.task.format(qualifier=self.perspectives[perspective]))
     return "\n".join(lines)
+
+  def item_lookup(self, names: Sequence[str], raw_ids: Sequence[str]) -> dict[str, int]:
+    """Answer texts that name one catalog item exactly -> its item id (see `match_item`).
+
+    The keys are each item's `name_rawid` as `item_line` writes it (without the list number) and its raw id alone,
+    except all-digit raw ids (MovieLens), which an answer cannot tell from a list number. Index 0 (padding) is
+    skipped.
+
+    Args:
+      names: item names by item id (index 0 = padding).
+      raw_ids: the matching raw ids.
+    """
+    form = re.sub(r"[^\w}]*\{index\}[^\w{]*", "", self.item_line)  # the line without its list number
+    lookup = {form.format(name=n, item_id=i): k for k, (n, i) in enumerate(zip(names, raw_ids)) if k}
+    lookup.update({i: k for k, i in enumerate(raw_ids) if k and i and not i.isdigit()})
+    return lookup
+
+
+def match_item(answer: str, lookup: Mapping[str, int]) -> int:
+  """The item an answer names exactly (its raw id, or `name_rawid` as the prompt writes items), else 0.
+
+  Args:
+    answer: the normalized answer with its `_ItemID` kept (`llm.clean_answer(raw, strip_id=False)`); a final
+      period (the end of a sentence) is ignored.
+    lookup: `PromptConfig.item_lookup`.
+  """
+  for text in (answer, answer.rstrip(".").rstrip()):
+    if text in lookup:
+      return lookup[text]
+  return 0
 
 
 def parse_perspectives(spec: str) -> dict[str, str]:

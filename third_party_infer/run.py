@@ -152,20 +152,28 @@ def run_shard(ds: dataset_lib.ProcessedDataset, split: str, index: int, rows: np
   # One session's prefix samples and perspectives share the KV cache of their common prompt prefix.
   raw, gen_stats = m.llm.generate(texts, groups=[int(s.sessions[r]) for r in rows] * len(perspectives))
   answers = [llm_lib.clean_answer(a) for a in raw]
+  # An answer that is exactly an item's raw id or `name_rawid` names that item: stage 2 takes it as the intent.
+  lookup = prompt.item_lookup(ds.item_names, ds.raw_item_ids)
+  named = np.asarray([prompts_lib.match_item(llm_lib.clean_answer(a, strip_id=False), lookup) for a in raw],
+                     np.int32).reshape(len(perspectives), len(rows))
   emb, enc_stats = m.encoder.encode(answers)
   emb = emb.reshape(len(perspectives), len(rows), -1).astype(dtype)
   manifest_lib.save_npy(os.path.join(tmp, "rows.npy"), np.asarray(rows, np.int64))
   for k, p in enumerate(perspectives):
     manifest_lib.save_npy(os.path.join(tmp, manifest_lib.perspective_file(p)), emb[k])
+    manifest_lib.save_npy(os.path.join(tmp, manifest_lib.named_items_file(p)), named[k])
   with open(os.path.join(tmp, "answers.jsonl"), "w", encoding="utf-8") as f:
     for k, (text, r, a) in enumerate(zip(texts, np.tile(rows, len(perspectives)), raw)):
+      item = int(named.flat[k])
       f.write(json.dumps({"row": int(r), "perspective": perspectives[k // len(rows)], "prompt": text, "raw": a,
-                          "answer": answers[k]}, ensure_ascii=False) + "\n")
-  files = ["rows.npy", "answers.jsonl"] + [manifest_lib.perspective_file(p) for p in perspectives]
+                          "answer": answers[k], "item": item or None}, ensure_ascii=False) + "\n")
+  files = ["rows.npy", "answers.jsonl"] + [f(p) for p in perspectives
+                                           for f in (manifest_lib.perspective_file, manifest_lib.named_items_file)]
   stats = {k: gen_stats[k] for k in ("prompts", "unique_prompts", "prompt_tokens", "prompt_tokens_computed",
                                      "padding_share")}
   stats.update(generate_seconds=gen_stats["seconds"], texts=enc_stats["texts"],
-               unique_texts=enc_stats["unique_texts"], encode_seconds=enc_stats["seconds"])
+               unique_texts=enc_stats["unique_texts"], encode_seconds=enc_stats["seconds"],
+               named_item_answers={p: int(np.count_nonzero(named[k])) for k, p in enumerate(perspectives)})
   llm_info = {k: m.llm.info[k] for k in ("path", "gguf_file", "class", "dtype")}
   manifest_lib.write_json(os.path.join(tmp, "meta.json"), {
       "split": split, "index": index, "num_rows": len(rows), "llm": {"resolved": llm_info},
