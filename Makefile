@@ -21,5 +21,6 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+BENCH_ARGS ?= --shapes=beauty,ml-1m --out runs/benchmark
 benchmark: $(STAMP)
-	$(PY) experiments/benchmark.py
+	$(PY) experiments/benchmark.py $(BENCH_ARGS)

@@ -3,12 +3,15 @@
   python experiments/benchmark.py --dataset_dir data/processed/beauty_paper_valid   # real Beauty + the ML-1M shape
   python experiments/benchmark.py --backbones=gcegnn --shapes=ml-1m --torch_batches=5
   python experiments/benchmark.py --backbones=s2dhcn@s2dhcn.form=matrix,s2dhcn@s2dhcn.form=factored --frameworks=jax
+  python experiments/benchmark.py --shapes=catalog-1m --backbones=srgnn,srgnn@score_chunk=16384 --frameworks=jax
+  make benchmark            # synthetic Beauty and ML-1M shapes, every backbone: the table to paste from a GPU / TPU
 
 Data: the processed dataset given by `--dataset_dir` (shape "real": its train and test splits, e.g. real Beauty), and
 synthetic sessions shaped like Beauty (12,101 items, mean prefix length 8.7) and ML-1M (3,416 items, mean prefix
 length 17.6, max 200) at batch 100 / hidden 100. Each (backbone, framework, shape) runs in its own child process so
 peak RSS is its own. Reported: training and evaluation sessions/s (the first step, which compiles, timed apart as
-compile time), peak RSS, the JAX / PyTorch ratios, and the host-side build time of the task: what the backbone needs
+compile time), peak RSS, XLA's temporary memory of the compiled training step (`memory_analysis`, any device) and the
+device's peak memory where it reports one (`memory_stats`: GPU / TPU), the JAX / PyTorch ratios, and the host-side build time of the task: what the backbone needs
 beyond the session graphs (GCE-GNN's global graph, S2-DHCN's hypergraph). A backbone may carry config overrides for the JAX side
 (`name@key=value@key=value`). Both sides train with the backbone's official objective and optimiser (S2-DHCN:
 CE + beta * SSL, no weight decay: the reference's `training_loss` and `weight_decay`). The PyTorch side builds every batch the official way (per-sample Python loop, padding to
@@ -120,7 +123,10 @@ def measure_jax(shape, backbone):
     out, _ = runner.eval_step(state.params, batch)
     sessions += real
   jax.block_until_ready(out)
+  stats = devices[0].memory_stats() or {}
   return {"train_sessions_per_s": train_rate, "eval_sessions_per_s": sessions / (time.perf_counter() - t),
+          "train_step_temp_mb": runner.temp_bytes("train") / 2**20,
+          "device_peak_mb": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None,
           "compile_train_s": compile_train, "compile_eval_s": compile_eval, "graph_build_s": graph_seconds,
           "task_build_s": tables_seconds,
           "budget": vars(budget), "mean_prefix_len": float(train.lengths.mean()),
@@ -177,7 +183,8 @@ def measure_torch(shape, backbone):
 
 def _table(results):
   lines = ["| backbone | shape | framework | train sess/s | eval sess/s | compile / first step (s) | host build (s) | "
-           "peak RSS (MB) |", "|---|---|---|---:|---:|---:|---:|---:|"]
+           "peak RSS (MB) | step temp (MB) | device peak (MB) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  mb = lambda v: "" if v is None else f"{v:.0f}"
   for key, r in results.items():
     backbone, shape = key.rsplit(":", 1)
     for fw in ("jax", "torch"):
@@ -186,10 +193,11 @@ def _table(results):
         first = m.get("compile_train_s", m.get("first_step_s"))
         build = f"{m['task_build_s']:.2f}" if "task_build_s" in m else ""
         lines.append(f"| {backbone} | {shape} | {fw} | {m['train_sessions_per_s']:.0f} | "
-                     f"{m['eval_sessions_per_s']:.0f} | {first:.2f} | {build} | {m['peak_rss_mb']:.0f} |")
+                     f"{m['eval_sessions_per_s']:.0f} | {first:.2f} | {build} | {m['peak_rss_mb']:.0f} | "
+                     f"{mb(m.get('train_step_temp_mb'))} | {mb(m.get('device_peak_mb'))} |")
     if "jax" in r and "torch" in r:
       lines.append(f"| {backbone} | {shape} | **jax / torch** | **{r['train_ratio']:.1f}x** | "
-                   f"**{r['eval_ratio']:.1f}x** | | | |")
+                   f"**{r['eval_ratio']:.1f}x** | | | | | |")
   return "\n".join(lines)
 
 

@@ -186,6 +186,11 @@ class Runner:
       self._compiled[name] = self._steps[name].lower(*args).compile()
     return self._compiled[name](*args) if execute else None
 
+  def temp_bytes(self, name: str) -> Optional[int]:
+    """XLA's temporary (activation) memory of the compiled `name` step ('train' / 'eval'), where it reports one."""
+    analysis = self._compiled[name].memory_analysis()
+    return None if analysis is None else int(analysis.temp_size_in_bytes)
+
   def train_step(self, state: TrainState, batch: Any, lr: float) -> tuple[TrainState, dict[str, jax.Array]]:
     state, report = self._run("train", state, self.put_batch(batch), jnp.float32(lr))
     return state, self._bounded(report)

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.budget_std = 4.0  # batch budgets: mean + budget_std * std per batch
   c.max_train_samples = 0  # 0 = all; >0 keeps the first N train samples (quick runs)
   c.progress = True
+  c.score_chunk = 0  # > 0: loss and ranks over the items in chunks of this many (large catalogues; llm4sbr_jax/scoring)
   # Backbone settings (official defaults); each backbone reads its own group.
   c.tagnn = ml_collections.ConfigDict()
   c.tagnn.item_chunk = 0  # items per chunk of the target-aware scores (0 = auto: bounded [positions, chunk])

@@ -52,6 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from llm4sbr_jax import scoring
 from llm4sbr_jax.models.base import BackboneOutput, score, uniform_init
 
 PAIRINGS = ("global", "local", "none")
@@ -110,6 +111,7 @@ class LLM4SBR(nn.Module):
     fusion: 'concat' (paper eq. 9) or 'gate' (official code); see the module docstring.
     shared_projection: one W1, b1 for all perspectives (paper eq. 6, official code) or one per perspective.
     gate_features: output width of each gate's `w_p` (1 = official scalar gate; `hidden` = element-wise gate).
+    score_chunk: > 0: implicit scores consumed in item chunks (`scoring`).
   """
 
   backbone: nn.Module
@@ -119,6 +121,7 @@ class LLM4SBR(nn.Module):
   fusion: str = "concat"
   shared_projection: bool = True
   gate_features: int = 1
+  score_chunk: int = 0
 
   @nn.compact
   def __call__(self, batch: Any, intents: jax.Array | None, train: bool = False) -> LLM4SBROutput:
@@ -142,7 +145,7 @@ class LLM4SBR(nn.Module):
 
     if num_p == 0:
       empty = jnp.zeros((g, 0, d), local.dtype)  # [G, 0, d]
-      return LLM4SBROutput(score(out.session, out), out.session, empty, empty, empty)
+      return LLM4SBROutput(score(out.session, out, self.score_chunk), out.session, empty, empty, empty)
 
     if intents is None or intents.ndim != 3 or intents.shape[:2] != (g, num_p):
       shape = None if intents is None else intents.shape
@@ -177,7 +180,7 @@ class LLM4SBR(nn.Module):
       paired_sessions = jnp.stack([vectors[self.pairing[i]] for i in paired], axis=1)  # [G, Q, d]
     else:
       paired_intents = paired_sessions = jnp.zeros((g, 0, d), local.dtype)
-    return LLM4SBROutput(score(session, out), session, h, paired_intents, paired_sessions)
+    return LLM4SBROutput(score(session, out, self.score_chunk), session, h, paired_intents, paired_sessions)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,6 +209,10 @@ def cross_entropy(scores: jax.Array, targets: jax.Array, mask: jax.Array) -> tup
   Returns:
     (sum of the negative log-likelihoods over real rows, number of real rows), both float32 scalars.
   """
+  if isinstance(scores, scoring.ChunkedScores):
+    labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, scores.num_items - 1).astype(jnp.int32)  # [G]
+    nll = scoring.nll(scores, labels, mask)  # [G]
+    return jnp.sum(nll), jnp.sum(mask).astype(jnp.float32)
   labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, scores.shape[-1] - 1).astype(jnp.int32)  # [G]
   nll = _nll(scores.astype(jnp.float32), labels, mask)  # [G]
   return jnp.sum(nll), jnp.sum(mask).astype(jnp.float32)
