@@ -38,6 +38,28 @@ def test_cross_entropy_and_its_gradient_equal_the_full_scores(chunk):
   assert np.all(np.asarray(grads[1][0]) == 0)  # the padding row is never scored
 
 
+def test_bfloat16_products_stay_within_the_stated_tolerance_of_float32():
+  session, items, targets = _inputs(g=32, n=5000, d=64)
+  mask = jnp.ones(32, bool)
+
+  def loss(session, items, chunk, dtype):
+    out = base.BackboneOutput(session, session, items)
+    total, count = L.cross_entropy(base.score(session, out, chunk, dtype), targets, mask)
+    return total / count
+
+  grad = jax.value_and_grad(loss, argnums=(0, 1))
+  exact, exact_grads = grad(session, items, 0, "float32")
+  for chunk in (0, 700):
+    value, grads = grad(session, items, chunk, "bfloat16")
+    assert abs(float(value) - float(exact)) < 2e-3 * abs(float(exact))  # README: loss within 0.2%
+    for a, b in zip(grads, exact_grads):  # gradients within 2% of their largest entry
+      assert float(jnp.max(jnp.abs(a - b))) < 2e-2 * float(jnp.max(jnp.abs(b)))
+    assert float(value) != float(exact)  # the products really ran in bfloat16
+  full = metrics.target_ranks(base.score(session, base.BackboneOutput(session, session, items), 0, "bfloat16"), targets)
+  chunked = metrics.target_ranks(scoring.ChunkedScores(session, items, 700, "bfloat16"), targets)
+  np.testing.assert_array_equal(chunked, full)
+
+
 def test_ranks_equal_the_full_scores_and_ties_favour_the_target():
   session, items, targets = _inputs(g=40, n=257)
   full = metrics.target_ranks(session @ items[1:].T, targets)

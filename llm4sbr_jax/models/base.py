@@ -79,13 +79,15 @@ class HybridHead(nn.Module):
     return nn.Dense(self.hidden, kernel_init=init, bias_init=init, name="linear_transform")(x)  # [G, d]
 
 
-def score(session: jax.Array, out: BackboneOutput, chunk: int = 0) -> jax.Array | scoring.ChunkedScores:
+def score(session: jax.Array, out: BackboneOutput, chunk: int = 0, dtype: str = "float32"
+          ) -> jax.Array | scoring.ChunkedScores:
   """Scores of every real item (eq. 10 before the softmax): `session . E[1:]` plus the backbone's extra term.
 
   Args:
     session: [G, d] session vectors.
     out: the backbone output; its item table's row 0 (padding) is dropped.
     chunk: > 0: the scores stay implicit (`scoring.ChunkedScores`), consumed `chunk` items at a time.
+    dtype: operand dtype of the session x item product ("bfloat16": mixed precision, float32 accumulation).
 
   Returns:
     [G, n] scores; column j is item id j + 1.
@@ -94,8 +96,8 @@ def score(session: jax.Array, out: BackboneOutput, chunk: int = 0) -> jax.Array 
     if out.extra_scores is not None:
       raise ValueError("config.score_chunk: this backbone's scores are not a plain dot product (an extra [G, n] "
                        "term, e.g. TAGNN's target-aware scores); use score_chunk = 0")
-    return scoring.ChunkedScores(session, out.items, chunk)
-  scores = session @ out.items[1:].T  # [G, n]
+    return scoring.ChunkedScores(session, out.items, chunk, dtype)
+  scores = scoring.product(session, out.items[1:], dtype)  # [G, n]
   return scores if out.extra_scores is None else scores + out.extra_scores
 
 
@@ -105,13 +107,15 @@ class Recommender(nn.Module):
   Attributes:
     backbone: a backbone module (see the module docstring); name it "backbone".
     score_chunk: > 0: implicit scores consumed in item chunks (`scoring`).
+    score_dtype: operand dtype of the item-scoring product (`scoring.product`).
   """
 
   backbone: nn.Module
   score_chunk: int = 0
+  score_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, batch: Any, train: bool = False) -> jax.Array:
     """Returns scores [G, n]; column j is item id j + 1."""
     out = self.backbone(batch, train=train, head=True)
-    return score(out.session, out, self.score_chunk)  # [G, n]
+    return score(out.session, out, self.score_chunk, self.score_dtype)  # [G, n]

@@ -112,6 +112,7 @@ class LLM4SBR(nn.Module):
     shared_projection: one W1, b1 for all perspectives (paper eq. 6, official code) or one per perspective.
     gate_features: output width of each gate's `w_p` (1 = official scalar gate; `hidden` = element-wise gate).
     score_chunk: > 0: implicit scores consumed in item chunks (`scoring`).
+    score_dtype: operand dtype of the item-scoring product (`scoring.product`).
   """
 
   backbone: nn.Module
@@ -122,6 +123,7 @@ class LLM4SBR(nn.Module):
   shared_projection: bool = True
   gate_features: int = 1
   score_chunk: int = 0
+  score_dtype: str = "float32"
 
   @nn.compact
   def __call__(self, batch: Any, intents: jax.Array | None, train: bool = False) -> LLM4SBROutput:
@@ -145,7 +147,7 @@ class LLM4SBR(nn.Module):
 
     if num_p == 0:
       empty = jnp.zeros((g, 0, d), local.dtype)  # [G, 0, d]
-      return LLM4SBROutput(score(out.session, out, self.score_chunk), out.session, empty, empty, empty)
+      return LLM4SBROutput(score(out.session, out, self.score_chunk, self.score_dtype), out.session, empty, empty, empty)
 
     if intents is None or intents.ndim != 3 or intents.shape[:2] != (g, num_p):
       shape = None if intents is None else intents.shape
@@ -180,7 +182,7 @@ class LLM4SBR(nn.Module):
       paired_sessions = jnp.stack([vectors[self.pairing[i]] for i in paired], axis=1)  # [G, Q, d]
     else:
       paired_intents = paired_sessions = jnp.zeros((g, 0, d), local.dtype)
-    return LLM4SBROutput(score(session, out, self.score_chunk), session, h, paired_intents, paired_sessions)
+    return LLM4SBROutput(score(session, out, self.score_chunk, self.score_dtype), session, h, paired_intents, paired_sessions)
 
 
 # ----------------------------------------------------------------------------------------------------------------
