@@ -68,14 +68,19 @@ def test_padding_is_owned_by_the_padding_graph():
   assert np.all(batch.sample_index[5:] == -1)
 
 
-def test_every_batch_has_the_same_shapes_and_overflow_spills_over():
-  rng = np.random.default_rng(2)
-  split = _random_split(rng, num=200, max_len=30)
+def _tight(seed, num, sessions, slack):
+  """(split, graphs, a budget so tight that batches are cut short, a random order)."""
+  rng = np.random.default_rng(seed)
+  split = _random_split(rng, num=num, max_len=30)
   sg = graphs.build_session_graphs(split)
+  budget = graphs.Budget(sessions=sessions, nodes=int(sg.num_nodes.max()) + slack,
+                         edges=int(sg.num_edges.max()) + slack, positions=int(sg.num_positions.max()) + 3 * slack // 2)
+  return split, sg, budget, rng.permutation(len(split))
+
+
+def test_every_batch_has_the_same_shapes_and_overflow_spills_over():
   # A deliberately tight budget: batches must be cut short, every sample still used exactly once.
-  budget = graphs.Budget(sessions=20, nodes=int(sg.num_nodes.max()) + 40, edges=int(sg.num_edges.max()) + 40,
-                         positions=int(sg.num_positions.max()) + 60)
-  order = rng.permutation(len(split))
+  split, sg, budget, order = _tight(2, 200, 20, 40)
   seen, shapes, short = [], set(), 0
   for batch, real in graphs.iterate_batches(sg, order, budget, num_devices=2):
     shapes.add(tuple(np.shape(x) for x in [batch.graph.senders, batch.pos_node, batch.last_node]))
@@ -91,12 +96,7 @@ def test_every_batch_has_the_same_shapes_and_overflow_spills_over():
 
 
 def test_a_process_packs_exactly_its_devices_rows_of_every_global_batch():
-  rng = np.random.default_rng(3)
-  split = _random_split(rng, num=150, max_len=30)
-  sg = graphs.build_session_graphs(split)
-  budget = graphs.Budget(sessions=10, nodes=int(sg.num_nodes.max()) + 30, edges=int(sg.num_edges.max()) + 30,
-                         positions=int(sg.num_positions.max()) + 40)
-  order = rng.permutation(len(split))
+  _, sg, budget, order = _tight(3, 150, 10, 30)
   whole = list(graphs.iterate_batches(sg, order, budget, num_devices=4))
   parts = [list(graphs.iterate_batches(sg, order, budget, num_devices=4, local=slice(lo, lo + 2))) for lo in (0, 2)]
   assert len(whole) == len(parts[0]) == len(parts[1]) > 3
