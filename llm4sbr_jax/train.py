@@ -2,8 +2,9 @@
 
 Outputs in the workdir: `metrics.jsonl` (one line per epoch), `results.json`, `curves.png`, `test_ranks.npy` (the
 rank of every test target at the best validation epoch, for paired significance tests), orbax checkpoints under
-`checkpoints/` (one per epoch). Rerunning the same command resumes from the latest checkpoint; `metrics.jsonl` is
-rewritten from the checkpoint's history so a kill never duplicates or drops an epoch line.
+`checkpoints/` (the last two epochs, and the selected one, which `serving.py` loads). Rerunning the same command
+resumes from the latest checkpoint; `metrics.jsonl` is rewritten from the checkpoint's history so a kill never
+duplicates or drops an epoch line.
 
 Multi-process runs (`jax.distributed` initialised by the launcher): one mesh over every process's devices, each
 process packs only its devices' part of every global batch, all of them save and restore the checkpoints together
@@ -174,8 +175,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   log.info("dataset %s: %s; budget per device batch %s; devices %d (%s)", exp.dataset.name,
                {k: len(v) for k, v in exp.splits.items()}, exp.budget, exp.runner.num_devices, config.parallel)
   host_state = exp.init_state()
+  keep = ocp.checkpoint_managers.AnyPreservationPolicy([  # the last two (resume) and the selected epoch (serving)
+      ocp.checkpoint_managers.LatestN(n=2),
+      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: (m["select"], -m["epoch"]), n=1)])  # ties: earliest
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                  options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+                                  options=ocp.CheckpointManagerOptions(preservation_policy=keep, create=True))
   meta = {"history": [], "bad_epochs": 0, "fingerprint": exp.dataset.fingerprint}
   if manager.latest_step() is not None:
     restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
@@ -209,7 +213,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       dataset_lib.save_npy(os.path.join(workdir, RANKS_FILE), ranks["test"])
     meta["bad_epochs"] = 0 if improved else meta["bad_epochs"] + 1
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(exp.runner.unreplicate(state)),
-                                                meta=ocp.args.JsonSave(meta)))
+                                                meta=ocp.args.JsonSave(meta)),
+                 metrics={"select": record[select_split][config.select_metric], "epoch": epoch})
     manager.wait_until_finished()
     if primary:
       _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)

@@ -51,6 +51,8 @@ def test_run_writes_metrics_results_and_plot(data_dir, tmp_path):
   assert set(results["selected"]["test"]) >= {"hr@5", "mrr@10", "ndcg@20"}
   assert (tmp_path / "curves.png").stat().st_size > 1000
   assert json.loads((tmp_path / "results.json").read_text())["epochs_run"] == 3
+  kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == sorted({results["selected"]["epoch"], 1, 2})  # the last two and the selected epoch
   # The selected epoch's per-sample test ranks reproduce its test metrics (the paired bootstrap's input).
   ranks = np.load(tmp_path / results["test_ranks"], allow_pickle=False)
   per_sample = metrics.ranks_metrics(ranks)
