@@ -303,18 +303,15 @@ def test_missing_files_say_where_to_get_them(tmp_path):
     reference.raw_file("diginetica", raw_dir=str(tmp_path))
 
 
-def test_filters_leaving_nothing_and_no_test_session_are_clear_errors(tmp_path):
+@pytest.mark.parametrize("row, message", [
+    ("{s};NA;{s};1;2016-05-01\n{s};NA;{t};2;2016-05-01\n",  # every item seen once: all filtered out
+     r"train-item-views.csv: no session of length >= 2 is left after the reference filters \(40 rows, 20 sessions"),
+    ("{s};NA;{u};1;2016-05-01\n{s};NA;{v};2;2016-05-01\n",  # every session on the last date: no training session
+     r"no training session: all 20 sessions left after the filters are dated within 604800 of the last date")])
+def test_filters_leaving_nothing_and_no_test_session_are_clear_errors(tmp_path, row, message):
   path = tmp_path / "train-item-views.csv"
-  path.write_text(DIGI_HEADER + "".join(f"{s};NA;{s};1;2016-05-01\n{s};NA;{s + 100};2;2016-05-01\n"
-                                        for s in range(20)))
-  with pytest.raises(raw.RawDataError, match=r"train-item-views.csv: no session of length >= 2 is left after the "
-                                             r"reference filters \(40 rows, 20 sessions"):
-    reference.preprocess(reference.load("diginetica", path=str(path), progress=False), "d",
-                         reference.DATASETS["diginetica"])
-  path.write_text(DIGI_HEADER + "".join(f"{s};NA;{s % 2};1;2016-05-01\n{s};NA;{1 - s % 2};2;2016-05-01\n"
-                                        for s in range(20)))
-  with pytest.raises(raw.RawDataError, match=r"no training session: all 20 sessions left after the filters are "
-                                             r"dated within 604800 of the last date"):
+  path.write_text(DIGI_HEADER + "".join(row.format(s=s, t=s + 100, u=s % 2, v=1 - s % 2) for s in range(20)))
+  with pytest.raises(raw.RawDataError, match=message):
     reference.preprocess(reference.load("diginetica", path=str(path), progress=False), "d",
                          reference.DATASETS["diginetica"])
 
