@@ -83,6 +83,14 @@ def parse_size(text: str) -> int | float:
     return float(text)
 
 
+def _flag(name: str, text: str, parse, expected: str):
+  """parse(text), or exit with one `error:` line naming the flag and what it expects."""
+  try:
+    return parse(text)
+  except ValueError:
+    sys.exit(f"error: --{name} {text!r}: expected {expected}")
+
+
 def statistics_table(ds: dataset.ProcessedDataset) -> str:
   """Table-1-style statistics of a processed dataset (markdown)."""
   stats = dataset.statistics(ds)
@@ -103,10 +111,12 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   name, protocol = _DATASET.value, _PROTOCOL.value
+  size = "an integer count or a fraction such as 0.1"
   gap = DEFAULTS[name]["gap"] if _GAP.value is None else (
-      None if _GAP.value.lower() == "none" else float(_GAP.value))
-  test_size = parse_size(_TEST_SIZE.value) if _TEST_SIZE.value is not None else (
+      None if _GAP.value.lower() == "none" else _flag("session_gap_minutes", _GAP.value, float, "minutes or 'none'"))
+  test_size = _flag("test_size", _TEST_SIZE.value, parse_size, size) if _TEST_SIZE.value is not None else (
       DEFAULTS[name]["paper_test_size"] if protocol == "paper" else 0.1)
+  valid_size = _flag("valid_size", _VALID_SIZE.value, parse_size, size)
   samples = _SAMPLES.value or (PAPER_SAMPLES.get(name, "all") if protocol == "paper" else "all")
   if (name in reference.DATASETS) != (protocol == "reference"):
     sys.exit(f"error: --dataset {name} --protocol {protocol}: the benchmarks {', '.join(reference.DATASETS)} are "
@@ -131,10 +141,10 @@ def main(argv):
     loaded = time.perf_counter()
     if protocol == "reference":
       ds = reference.preprocess(data, _NAME.value or name, reference.DATASETS[name], min_item_count=_MIN_COUNT.value,
-                                valid_size=parse_size(_VALID_SIZE.value), seed=_SEED.value, source={"dataset": name})
+                                valid_size=valid_size, seed=_SEED.value, source={"dataset": name})
     else:
       ds = preprocess.preprocess(data, _NAME.value or name, protocol=protocol, test_size=test_size,
-                                 valid_size=parse_size(_VALID_SIZE.value), seed=_SEED.value,
+                                 valid_size=valid_size, seed=_SEED.value,
                                  session_gap_minutes=gap, min_item_count=_MIN_COUNT.value, samples=samples,
                                  source={"dataset": name})
   except (raw.RawDataError, preprocess.PreprocessError) as e:  # A located message is all the user needs.

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import multiprocess  # pylint: disable=g-import-not-at-top
 from llm4sbr_jax import dataset, intents, report, train  # pylint: disable=g-import-not-at-top
+from llm4sbr_jax.models import registry  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, results).")
@@ -32,7 +33,7 @@ def main(argv):
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (dataset.DatasetError, intents.IntentsError) as e:  # e.g. a stage-1 directory of another dataset
+  except (dataset.DatasetError, intents.IntentsError, registry.ConfigError) as e:  # e.g. a stage-1 directory of another dataset
     sys.exit(f"error: {e}")
   print(report.results_table(results))
   print(f"\nresults: {Path(_WORKDIR.value) / 'results.json'}")

@@ -42,7 +42,7 @@ class Task:
 
 def _check_source(source: str) -> None:
   if source not in ("llm", "item_text"):
-    raise ValueError(f"config.intents.source: expected 'llm' or 'item_text', got {source!r}")
+    raise registry.ConfigError(f"config.intents.source: expected 'llm' or 'item_text', got {source!r}")
 
 
 def intent_arrays(config: Any, dataset: ProcessedDataset) -> dict[str, np.ndarray]:

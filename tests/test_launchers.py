@@ -46,7 +46,23 @@ def test_prepare_data_errors_are_one_line(tmp_path):
   inter.write_text("session_id:token\titem_id:token\ttimestamp:float\ns\ti\t1\ns\tj\t2\n")
   _one_line_error(_launch("prepare_data.py", "--dataset", "recbole", "--inter", inter, "--session_gap_minutes", "10",
                           "--out_dir", out), "recbole (x.inter): the keys are session ids")
+  for flag, value, expected in (("--test_size", "ten", "an integer count or a fraction"),
+                                 ("--valid_size", "0.1x", "an integer count or a fraction"),
+                                 ("--session_gap_minutes", "10m", "minutes or 'none'")):
+    _one_line_error(_launch("prepare_data.py", "--dataset", "generic", "--interactions", rare, flag, value,
+                            "--out_dir", out), f"{flag} '{value}'", expected)
   assert not out.exists()
+
+
+def test_train_config_errors_are_one_line(tmp_path):
+  from llm4sbr_jax import dataset, synthetic  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "data"
+  dataset.save_dataset(synthetic.make_dataset(20, 60, 3.0, 6, seed=0), str(data))
+  configs = REPO / "experiments" / "configs"
+  for script, config, flag in (("train.py", "default.py", "backbone"), ("paper.py", "table2.py", "backbones")):
+    _one_line_error(_launch(script, "--config", configs / config, f"--config.dataset_dir={data}",
+                            f"--config.{flag}=gru4rec", f"--workdir={tmp_path / 'run'}"),
+                    "config.backbone: unknown backbone 'gru4rec'; registered: gcegnn, s2dhcn, srgnn, tagnn")
 
 
 def test_export_data_errors_are_one_line(tmp_path):

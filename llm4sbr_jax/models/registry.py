@@ -81,10 +81,14 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+class ConfigError(ValueError):
+  """A config value that names nothing known (a backbone, an intents source); launchers print it as one line."""
+
+
 def get(name: str) -> BackboneSpec:
   """The registered backbone `name`; a clear error listing the registered ones otherwise."""
   if name not in BACKBONES:
-    raise ValueError(f"config.backbone: unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONES))}")
+    raise ConfigError(f"config.backbone: unknown backbone {name!r}; registered: {', '.join(sorted(BACKBONES))}")
   return BACKBONES[name]
 
 
