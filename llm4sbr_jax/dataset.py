@@ -157,8 +157,9 @@ def fingerprint(ds: ProcessedDataset) -> str:
 def statistics(ds: ProcessedDataset) -> dict[str, Any]:
   """Table-1-style statistics (the paper's columns plus a few more).
 
-  `clicks` counts every click of the processed sessions: each session of length n contributes its n - 1 samples
-  plus its first click, so clicks = samples + sessions (valid samples count as train).
+  `clicks` counts every click of the processed sessions. With every prefix as a sample (`samples` all), a session of
+  length n contributes its n - 1 samples plus its first click, so clicks = samples + sessions (valid samples count
+  as train); with last-click samples, samples = sessions.
   """
   stats: dict[str, Any] = {"items": ds.num_items}
   total, sessions = 0, set()
