@@ -1,4 +1,5 @@
-"""Readable explanations of stage 1: the session, each perspective's LLM answer and its top-f localized items."""
+"""Readable explanations of stage 1: the session, each perspective's LLM answer and its top-f localized items (or
+the item the answer names by its id, which stage 2 uses as the intent)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def explain(ds: dataset_lib.ProcessedDataset, s1: intents.Stage1, split: str, in
     pos = int(pos[0])
     answer = s1.answer_records(split, p)[index]["answer"]
     lines.append(f"  [{p}] LLM answer: {answer!r}")
+    named = int(s1.named_items(split, p)[pos])
+    if named:  # stage 1 matched the answer to this item exactly: it is the intent, for every f
+      lines.append(f"      names item  w=1.000  {ds.item_names[named]} [{ds.raw_item_ids[named]}]")
+      continue
     ids, weights, _ = intents.top_f(s1.answers(split, p)[pos:pos + 1], items, f)
     for rank, (i, w) in enumerate(zip(ids[0], weights[0]), 1):
       lines.append(f"      top-{rank}  w={w:.3f}  {ds.item_names[i]} [{ds.raw_item_ids[i]}]")

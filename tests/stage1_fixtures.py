@@ -103,3 +103,22 @@ def tiny_models(directory: str) -> tuple[str, str]:
   enc.save_pretrained(enc_dir)
   fast.save_pretrained(enc_dir)
   return llm_dir, enc_dir
+
+
+def add_named_items(out, named_by_shard):
+  """Adds stage 1's `<perspective>.items.npy` files (the id-answer matches) to a fake output and re-finalizes it."""
+  m = manifest_lib.read_json(os.path.join(out, "manifest.json"))
+  plan = {}
+  for shard in m["shards"]:
+    d = os.path.join(out, os.path.dirname(shard["file"]))
+    meta_path = os.path.join(d, "meta.json")
+    meta = manifest_lib.read_json(meta_path)
+    name = manifest_lib.named_items_file(shard["perspective"])
+    manifest_lib.save_npy(os.path.join(d, name), named_by_shard[shard["file"]])
+    meta["sha256"][name] = manifest_lib.sha256_file(os.path.join(d, name))
+    meta["stats"].setdefault("named_item_answers", {})[shard["perspective"]] = int(
+        np.count_nonzero(named_by_shard[shard["file"]]))
+    manifest_lib.write_json(meta_path, meta)
+    rows = np.load(os.path.join(out, shard["rows_file"]))
+    plan.setdefault(shard["split"], {})[shard["row_start"]] = rows
+  return manifest_lib.finalize(out, {s: [r for _, r in sorted(v.items())] for s, v in plan.items()})

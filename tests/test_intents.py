@@ -190,25 +190,6 @@ def test_item_text_intents(tmp_path):
     np.testing.assert_array_equal(x[i, 1], emb[split.prefix(i)[-1]])
 
 
-def _add_named_items(out, named_by_shard):
-  """Adds stage 1's `<perspective>.items.npy` files (the id-answer matches) to a fake output and re-finalizes it."""
-  m = _manifest(out)
-  plan = {}
-  for shard in m["shards"]:
-    d = os.path.join(out, os.path.dirname(shard["file"]))
-    meta_path = os.path.join(d, "meta.json")
-    meta = manifest_lib.read_json(meta_path)
-    name = manifest_lib.named_items_file(shard["perspective"])
-    manifest_lib.save_npy(os.path.join(d, name), named_by_shard[shard["file"]])
-    meta["sha256"][name] = manifest_lib.sha256_file(os.path.join(d, name))
-    meta["stats"].setdefault("named_item_answers", {})[shard["perspective"]] = int(
-        np.count_nonzero(named_by_shard[shard["file"]]))
-    manifest_lib.write_json(meta_path, meta)
-    rows = np.load(os.path.join(out, shard["rows_file"]))
-    plan.setdefault(shard["split"], {})[shard["row_start"]] = rows
-  return manifest_lib.finalize(out, {s: [r for _, r in sorted(v.items())] for s, v in plan.items()})
-
-
 def test_answers_naming_an_item_take_its_embedding(setup):
   ds, out = setup
   before = {f: intents.localized_intents(out, ds, "test", f=f) for f in (0, 3)}  # fills the per-f cache
@@ -217,7 +198,7 @@ def test_answers_naming_an_item_take_its_embedding(setup):
   named["long-term"][[0, 5]] = [7, ds.num_items]
   named["short-term"][[5]] = [2]
   by_shard = {s["file"]: named[s["perspective"]][s["row_start"]:s["row_end"]] for s in _manifest(out)["shards"]}
-  manifest = _add_named_items(out, by_shard)
+  manifest = fx.add_named_items(out, by_shard)
   assert manifest["stats"]["named_item_answers"] == {"long-term": 2, "short-term": 1}
   s1 = intents.open_stage1(out, ds)
   np.testing.assert_array_equal(s1.named_items("test", "long-term"), named["long-term"])
@@ -237,7 +218,7 @@ def test_named_items_out_of_range(setup):
   by_shard = {s["file"]: np.zeros(s["num_rows"], np.int32) for s in _manifest(out)["shards"]}
   first = _manifest(out)["shards"][0]["file"]
   by_shard[first][1] = ds.num_items + 1
-  _add_named_items(out, by_shard)
+  fx.add_named_items(out, by_shard)
   with pytest.raises(intents.IntentsError, match=rf"long-term.items.npy: expected 4 integer item ids in "
                                                  rf"0..{ds.num_items} \(0 = the answer names no item\)"):
     intents.open_stage1(out, ds)
