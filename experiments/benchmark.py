@@ -4,6 +4,8 @@
   python experiments/benchmark.py --backbones=gcegnn --shapes=ml-1m --torch_batches=5
   python experiments/benchmark.py --backbones=s2dhcn@s2dhcn.form=matrix,s2dhcn@s2dhcn.form=factored --frameworks=jax
   python experiments/benchmark.py --shapes=catalog-1m --backbones=srgnn,srgnn@score_chunk=16384 --frameworks=jax
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python experiments/benchmark.py --shapes=catalog-1m \
+    --backbones=srgnn@score_chunk=16384,srgnn@score_chunk=16384@shard_items=True --frameworks=jax  # 4 CPU devices
   make benchmark            # synthetic Beauty and ML-1M shapes, every backbone: the table to paste from a GPU / TPU
 
 Data: the processed dataset given by `--dataset_dir` (shape "real": its train and test splits, e.g. real Beauty), and
@@ -95,7 +97,8 @@ def measure_jax(shape, backbone):
   task = tasks.build_task(config, ds)  # the bare backbone, as experiments/train.py builds it
   tables_seconds = time.perf_counter() - t
   tx = parallel.make_optimizer(config.weight_decay)
-  runner = parallel.Runner("shard_map", task.terms, task.spec, tx, metrics.batch_metric_sums, devices)
+  runner = parallel.Runner("shard_map", task.terms, task.spec, tx, metrics.batch_metric_sums, devices,
+                           shard_items=config.shard_items)
   order = np.random.default_rng(0).permutation(len(train))
   batches = graphs.iterate_batches(g_train, order, budget, len(devices), node_tables=task.node_tables)
   first, real = next(batches)

@@ -13,6 +13,13 @@ the per-sample evaluation values are gathered over all devices, so every process
 Randomness (dropout): every step's key is `fold_in(PRNGKey(seed), step)`, the same on every device; backbones draw
 per-sample masks from it (keyed by the sample's row), so a step is the same for any number of devices.
 
+Item-table sharding (`shard_items`, shard_map only): every item table (the params named `ITEM_TABLE`, each
+backbone's item embedding) and its Adam moments are stored split over the devices on the item axis (rows padded to a
+multiple of the device count); each step all-gathers the table for the forward pass and reduce-scatters its gradient,
+so each device keeps 1/D of the table's parameters and optimiser state between steps (ZeRO / FSDP style; the scores
+of the device's own sessions are still computed against all items, with `score_chunk` bounding their memory). The
+host sees the unpadded tables (`replicate` / `unreplicate`), so checkpoints do not depend on it.
+
 Optimiser: torch `Adam(weight_decay=wd)` semantics (coupled L2: decayed weights added to the gradient before Adam),
 the learning rate passed to every step so the epoch schedule needs no recompilation.
 """
@@ -30,6 +37,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+ITEM_TABLE = "embedding"  # the param name of every backbone's item table (the leaves `shard_items` splits)
 MAX_IN_FLIGHT = 2  # dispatched but unfinished steps per Runner
 # Number of times each step function was traced (a test asserts one compile per run).
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -71,10 +79,39 @@ def _objective_and_report(terms, spec):
   return objective, report
 
 
+def _is_table(path) -> bool:
+  return bool(path) and getattr(path[-1], "key", None) == ITEM_TABLE
+
+
+def _gather_tables(params: Any, rows: Optional[Any]) -> Any:
+  """The full item tables (all-gathered rows, padding dropped) where `rows` [leaf: true rows, 0 = not split]."""
+  if rows is None:
+    return params
+  return jax.tree_util.tree_map(lambda x, r: jax.lax.all_gather(x, AXIS, tiled=True)[:r] if r else x, params, rows)
+
+
+def _sum_grads(grads: Any, rows: Optional[Any], num_devices: int) -> Any:
+  """psum of every gradient; a split table's is reduce-scattered instead (each device keeps the sum of its rows)."""
+  if rows is None:
+    return jax.lax.psum(grads, AXIS)
+
+  def one(g, r):
+    if not r:
+      return jax.lax.psum(g, AXIS)
+    g = jnp.pad(g, ((0, -r % num_devices),) + ((0, 0),) * (g.ndim - 1))
+    return jax.lax.psum_scatter(g, AXIS, scatter_dimension=0, tiled=True)
+
+  return jax.tree_util.tree_map(one, grads, rows)
+
+
 def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms_fn: TermsFn,
-                          spec: Mapping[str, tuple[float, bool]], tx: optax.GradientTransformation, seed: int = 0
+                          spec: Mapping[str, tuple[float, bool]], tx: optax.GradientTransformation, seed: int = 0,
+                          rows: Optional[Any] = None, num_devices: int = 1
                           ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step on this device's shard; gradients and reports are summed over AXIS."""
+  """One optimisation step on this device's shard; gradients and reports are summed over AXIS.
+
+  `rows` (item-table sharding): per param leaf, the true rows of a table stored split over the devices, else 0.
+  """
   TRACE_COUNTS["train"] += 1
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
@@ -82,8 +119,8 @@ def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms
     _, terms = terms_fn(params, batch, True, rng)
     return _objective_and_report(terms, spec)
 
-  grads, report = jax.grad(objective, has_aux=True)(state.params)
-  grads = jax.lax.psum(grads, AXIS)
+  grads, report = jax.grad(objective, has_aux=True)(_gather_tables(state.params, rows))
+  grads = _sum_grads(grads, rows, num_devices)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
   return TrainState(params, opt_state, state.step + 1), report
@@ -91,11 +128,11 @@ def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms
 
 def per_device_eval_step(params: Any, batch: Any, *, terms_fn: TermsFn,
                          metrics_fn: Callable[[jax.Array, Any], dict[str, jax.Array]],
-                         per_sample_fn: Optional[Callable[[jax.Array, Any], dict[str, jax.Array]]] = None
-                         ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+                         per_sample_fn: Optional[Callable[[jax.Array, Any], dict[str, jax.Array]]] = None,
+                         rows: Optional[Any] = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """Metric sums of the global batch, and the per-graph-slot values of all devices ([D * G] each, or {})."""
   TRACE_COUNTS["eval"] += 1
-  scores, _ = terms_fn(params, batch, False, None)
+  scores, _ = terms_fn(_gather_tables(params, rows), batch, False, None)
   per_sample = {} if per_sample_fn is None else per_sample_fn(scores, batch)
   gathered = jax.tree_util.tree_map(lambda x: jax.lax.all_gather(x, AXIS, tiled=True), per_sample)
   return jax.lax.psum(metrics_fn(scores, batch), AXIS), gathered
@@ -104,11 +141,13 @@ def per_device_eval_step(params: Any, batch: Any, *, terms_fn: TermsFn,
 class Runner:
   """Compiles the per-device steps for `mode` ('shard_map' or 'pmap') over all devices (of all processes).
 
-  `local`: the slice of `devices` this process feeds (all of them in a single-process run).
+  `local`: the slice of `devices` this process feeds (all of them in a single-process run). `shard_items`: item
+  tables split over the devices (module docstring); the steps are then built when the state is first replicated.
   """
 
   def __init__(self, mode: str, terms_fn: TermsFn, spec: Mapping[str, tuple[float, bool]],
-               tx: optax.GradientTransformation, metrics_fn, devices=None, seed: int = 0, per_sample_fn=None):
+               tx: optax.GradientTransformation, metrics_fn, devices=None, seed: int = 0, per_sample_fn=None,
+               shard_items: bool = False):
     self.devices = list(devices if devices is not None else jax.devices())
     self.num_devices = len(self.devices)
     mine = [i for i, d in enumerate(self.devices) if d.process_index == jax.process_index()]
@@ -117,24 +156,24 @@ class Runner:
     self.local = slice(mine[0], mine[-1] + 1)
     if mode == "pmap" and len(mine) < self.num_devices:
       raise ValueError("parallel mode 'pmap' runs in one process; use 'shard_map' with jax.distributed")
+    if shard_items and mode != "shard_map":
+      raise ValueError("shard_items needs parallel mode 'shard_map'")
     self.mode = mode
+    self.shard_items = shard_items
+    self._rows: dict[str, int] = {}  # key path -> true rows, for every table leaf stored split (host boundary)
     self._in_flight: collections.deque = collections.deque()
     self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
-    train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx, seed=seed)
-    evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn,
-                                 per_sample_fn=per_sample_fn)
+    self._train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx, seed=seed,
+                                    num_devices=self.num_devices)
+    self._evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn,
+                                       per_sample_fn=per_sample_fn)
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
     self._replicated = NamedSharding(self.mesh, P())
     self._sharded = NamedSharding(self.mesh, P(AXIS))
     if mode == "shard_map":
-      squeeze = lambda f: lambda s, b, *a: f(s, jax.tree_util.tree_map(lambda x: x[0], b), *a)
-      # check_vma=False: gradients of replicated params stay per-device (as under pmap); we psum them explicitly.
-      self._steps = {
-          "train": jax.jit(jax.shard_map(squeeze(train), mesh=self.mesh, in_specs=(P(), P(AXIS), P()),
-                                         out_specs=(P(), P()), check_vma=False), donate_argnums=0),
-          "eval": jax.jit(jax.shard_map(squeeze(evaluate), mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                        out_specs=(P(), P()), check_vma=False))}
+      self._steps = None if shard_items else self._shard_map_steps(P(), None)
     elif mode == "pmap":
+      train, evaluate = self._train, self._evaluate
       # pmap keeps a leading device axis on the replicated state and on the outputs.
       self._steps = {
           "train": jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0, devices=self.devices),
@@ -142,18 +181,51 @@ class Runner:
     else:
       raise ValueError(f"parallel mode must be 'shard_map' or 'pmap', got {mode!r}")
 
+  def _shard_map_steps(self, state_specs: Any, rows: Optional[Any]) -> dict[str, Any]:
+    squeeze = lambda f: lambda s, b, *a: f(s, jax.tree_util.tree_map(lambda x: x[0], b), *a)
+    params_specs = state_specs.params if isinstance(state_specs, TrainState) else state_specs
+    train = functools.partial(self._train, rows=rows)
+    evaluate = functools.partial(self._evaluate, rows=rows)
+    # check_vma=False: gradients of replicated params stay per-device (as under pmap); we psum them explicitly.
+    return {"train": jax.jit(jax.shard_map(squeeze(train), mesh=self.mesh, in_specs=(state_specs, P(AXIS), P()),
+                                           out_specs=(state_specs, P()), check_vma=False), donate_argnums=0),
+            "eval": jax.jit(jax.shard_map(squeeze(evaluate), mesh=self.mesh, in_specs=(params_specs, P(AXIS)),
+                                          out_specs=(P(), P()), check_vma=False))}
+
   def replicate(self, tree: Any) -> Any:
-    """Host pytree -> replicated on the devices."""
+    """Host pytree -> on the devices: replicated, item tables split when `shard_items` (module docstring)."""
     if self.mode == "pmap":
       tree = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (self.num_devices,) + np.shape(x)), tree)
       return jax.device_put(tree, self._sharded)
-    return jax.device_put(tree, self._replicated)
+    if not self.shard_items:
+      return jax.device_put(tree, self._replicated)
+    if self._steps is None and isinstance(tree, TrainState):  # the split leaves are known now
+      rows = jax.tree_util.tree_map_with_path(lambda p, x: np.shape(x)[0] if _is_table(p) else 0, tree.params)
+      specs = jax.tree_util.tree_map_with_path(lambda p, _: P(AXIS) if _is_table(p) else P(), tree)
+      self._steps = self._shard_map_steps(specs, rows)
+
+    def put(path, x):
+      if not _is_table(path):
+        return jax.device_put(x, self._replicated)
+      self._rows[jax.tree_util.keystr(path)] = len(x)
+      x = np.pad(np.asarray(x), ((0, -len(x) % self.num_devices),) + ((0, 0),) * (np.ndim(x) - 1))
+      return jax.device_put(x, self._sharded)
+
+    return jax.tree_util.tree_map_with_path(put, tree)
 
   def unreplicate(self, tree: Any) -> Any:
-    """Replicated pytree -> host numpy pytree."""
+    """Replicated pytree -> host numpy pytree (split tables whole again, without their padding rows)."""
     if self.mode == "pmap":
       tree = jax.tree_util.tree_map(lambda x: x[0], tree)
-    return jax.device_get(tree)
+    tree = jax.device_get(tree)
+    if not self._rows:
+      return tree
+
+    def true_rows(path, x):  # `tree` may be the replicated tree or a part of it (e.g. the params of the state)
+      key = jax.tree_util.keystr(path)
+      return min((r for k, r in self._rows.items() if k.endswith(key)), default=len(x))
+
+    return jax.tree_util.tree_map_with_path(lambda p, x: x[:true_rows(p, x)] if _is_table(p) else x, tree)
 
   def put_batch(self, batch: Any) -> Any:
     """This process's rows of a batch [D_local, ...] -> the global batch [D, ...], one shard per device."""

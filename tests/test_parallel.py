@@ -30,11 +30,11 @@ def setup():
   return _setup("srgnn")
 
 
-def _run(setup, mode, devices, steps=1):
+def _run(setup, mode, devices, steps=1, shard_items=False):
   sg, task, params = setup
   tx = parallel.make_optimizer(1e-5)
   runner = parallel.Runner(mode, task.terms, task.spec, tx, metrics.batch_metric_sums, devices,
-                           per_sample_fn=metrics.batch_ranks)
+                           per_sample_fn=metrics.batch_ranks, shard_items=shard_items)
   budget = graphs.compute_budget(sg, 40 // len(devices), num_std=6.0)
   state = runner.replicate(parallel.init_state(params, tx))
   reports, evals = [], []
@@ -50,12 +50,14 @@ def _run(setup, mode, devices, steps=1):
   return runner.unreplicate(state.params), reports, evals
 
 
-@pytest.mark.parametrize("mode,backbone", [("shard_map", "srgnn"), ("pmap", "srgnn"), ("shard_map", "tagnn"),
-                                           ("shard_map", "gcegnn"), ("shard_map", "s2dhcn")])
-def test_four_device_step_equals_single_device_step(mode, backbone):
+@pytest.mark.parametrize("mode,backbone,shard_items", [
+    ("shard_map", "srgnn", False), ("pmap", "srgnn", False), ("shard_map", "tagnn", False),
+    ("shard_map", "gcegnn", False), ("shard_map", "s2dhcn", False), ("shard_map", "srgnn", True),
+    ("shard_map", "s2dhcn", True)])
+def test_four_device_step_equals_single_device_step(mode, backbone, shard_items):
   setup = _setup(backbone, s2dhcn={"beta": 0.0})  # S2-DHCN: SSL off; its per-device line graph is tested below
   single, loss1, eval1 = _run(setup, "shard_map", jax.local_devices()[:1], steps=2)
-  multi, loss4, eval4 = _run(setup, mode, jax.local_devices(), steps=2)
+  multi, loss4, eval4 = _run(setup, mode, jax.local_devices(), steps=2, shard_items=shard_items)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   for k in eval1[0]:
     if k not in ("ranks", "rows"):
@@ -102,3 +104,26 @@ def test_ahead_of_time_compile_fixes_the_shapes(setup):
   other, _ = next(graphs.iterate_batches(sg, np.arange(40), graphs.compute_budget(sg, 10, num_std=9.0), 4))
   with pytest.raises(TypeError, match="Argument types differ"):  # another batch shape: refused, never silently recompiled
     runner.train_step(state, other, 1e-3)
+
+
+def test_item_tables_and_their_adam_moments_are_split_over_the_devices(setup):
+  sg, task, params = setup
+  tx = parallel.make_optimizer(1e-5)
+  runner = parallel.Runner("shard_map", task.terms, task.spec, tx, metrics.batch_metric_sums, jax.local_devices(),
+                           shard_items=True)
+  host = parallel.init_state(params, tx)
+  state = runner.replicate(host)
+  rows = NUM_ITEMS + 1  # 81 rows over 4 devices: padded to 84, 21 a device
+  table = state.params["params"]["backbone"]["embedding"]
+  assert table.shape == (84, HIDDEN) and {s.data.shape for s in table.addressable_shards} == {(21, HIDDEN)}
+  mu = state.opt_state[1].mu["params"]["backbone"]["embedding"]
+  assert {s.data.shape for s in mu.addressable_shards} == {(21, HIDDEN)}
+  other = state.params["params"]["backbone"]["gnn"]["w_hh"]
+  assert {s.data.shape for s in other.addressable_shards} == {other.shape}  # everything else stays replicated
+  back = runner.unreplicate(state)
+  assert back.params["params"]["backbone"]["embedding"].shape == (rows, HIDDEN)
+  np.testing.assert_array_equal(back.params["params"]["backbone"]["embedding"],
+                                host.params["params"]["backbone"]["embedding"])
+  with pytest.raises(ValueError, match="shard_items needs parallel mode 'shard_map'"):
+    parallel.Runner("pmap", task.terms, task.spec, tx, metrics.batch_metric_sums, jax.local_devices(),
+                    shard_items=True)

@@ -96,12 +96,14 @@ def test_peak_memory_is_bounded_by_the_chunk():
 
 
 def test_a_chunked_run_trains_and_evaluates_like_the_full_one(tmp_path):
+  """The large-catalogue settings together: chunked scores and the item table split over the 4 devices."""
   d = tmp_path / "data"
   dataset.save_dataset(synthetic.make_dataset(60, 300, 4.0, 15, seed=0), str(d))
   results = []
-  for chunk in (0, 13):
+  for chunk, shard in ((0, False), (13, True)):
     c = default.get_config()
-    c.dataset_dir, c.hidden, c.batch_size, c.num_epochs, c.progress, c.score_chunk = str(d), 16, 20, 2, False, chunk
+    c.dataset_dir, c.hidden, c.batch_size, c.num_epochs, c.progress = str(d), 16, 20, 2, False
+    c.score_chunk, c.shard_items = chunk, shard
     results.append(train.train_and_evaluate(c, str(tmp_path / f"run{chunk}")))
   full, chunked = (r["selected"] for r in results)
   for split in ("valid", "test"):
