@@ -13,12 +13,14 @@ synthetic sessions shaped like Beauty (12,101 items, mean prefix length 8.7) and
 length 17.6, max 200) at batch 100 / hidden 100. Each (backbone, framework, shape) runs in its own child process so
 peak RSS is its own. Reported: training and evaluation sessions/s (the first step, which compiles, timed apart as
 compile time), peak RSS, XLA's temporary memory of the compiled training step (`memory_analysis`, any device) and the
-device's peak memory where it reports one (`memory_stats`: GPU / TPU), the JAX / PyTorch ratios, and the host-side build time of the task: what the backbone needs
-beyond the session graphs (GCE-GNN's global graph, S2-DHCN's hypergraph). A backbone may carry config overrides for the JAX side
-(`name@key=value@key=value`). Both sides train with the backbone's official objective and optimiser (S2-DHCN:
-CE + beta * SSL, no weight decay: the reference's `training_loss` and `weight_decay`). The PyTorch side builds every batch the official way (per-sample Python loop, padding to
-the split's longest prefix, dense adjacency; `build_baseline` in each `experiments/torch_<backbone>.py`) and runs
-torch with `--torch_threads` threads. Runs unchanged on a GPU (JAX picks it up; torch uses CUDA when available).
+device's peak memory where it reports one (`memory_stats`: GPU / TPU), the JAX / PyTorch ratios, and the host-side
+build time of the task: what the backbone needs beyond the session graphs (GCE-GNN's global graph, S2-DHCN's
+hypergraph). A backbone may carry config overrides for the JAX side (`name@key=value@key=value`). Both sides train
+with the backbone's official objective and optimiser (S2-DHCN: CE + beta * SSL, no weight decay: the reference's
+`training_loss` and `weight_decay`). The PyTorch side builds every batch the official way (per-sample Python loop,
+padding to the split's longest prefix, dense adjacency; `build_baseline` in each `experiments/torch_<backbone>.py`)
+and runs torch with `--torch_threads` threads. Runs unchanged on a GPU (JAX picks it up; torch uses CUDA when
+available).
 Writes benchmark.md and benchmark.json.
 """
 

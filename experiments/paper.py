@@ -34,9 +34,10 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
   config = _CONFIG.value
+  # Expected errors (a stage-1 directory of another dataset, an unknown backbone): one line, no traceback.
   try:
     studies.run_study(config.study, config, _WORKDIR.value)
-  except (dataset.DatasetError, intents.IntentsError, registry.ConfigError) as e:  # e.g. a stage-1 directory of another dataset
+  except (dataset.DatasetError, intents.IntentsError, registry.ConfigError) as e:
     sys.exit(f"error: {e}")
   print((Path(_WORKDIR.value) / f"{config.study}.md").read_text())
 

@@ -121,8 +121,8 @@ def main(argv):
   Path(_OUT.value, "profile.md").write_text(text + "\n")
   Path(_OUT.value, "profile.json").write_text(json.dumps(
       {"pack_ms": pack_ms, "transfer_ms": put_ms, "device_step_ms": device_ms, "loop_step_ms": loop_ms,
-       "ops_ms_per_step": per_step,
-       "untraced_ms": device_ms - traced, "custom_calls": calls, "steps": steps, "step": _STEP.value, "config": config.to_dict()}, indent=2))
+       "ops_ms_per_step": per_step, "untraced_ms": device_ms - traced, "custom_calls": calls, "steps": steps,
+       "step": _STEP.value, "config": config.to_dict()}, indent=2))
 
 
 if __name__ == "__main__":

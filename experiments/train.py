@@ -31,9 +31,10 @@ def main(argv):
     sys.exit(f"error: {e}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint step at INFO
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
+  # Expected errors (a stage-1 directory of another dataset, an unknown backbone): one line, no traceback.
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (dataset.DatasetError, intents.IntentsError, registry.ConfigError) as e:  # e.g. a stage-1 directory of another dataset
+  except (dataset.DatasetError, intents.IntentsError, registry.ConfigError) as e:
     sys.exit(f"error: {e}")
   print(report.results_table(results))
   print(f"\nresults: {Path(_WORKDIR.value) / 'results.json'}")

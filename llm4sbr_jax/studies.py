@@ -3,9 +3,9 @@ Figure 5 f sweep (both on `config.backbone`).
 
 A study is a base config plus named variants (config overrides). Each variant trains in its own sub-workdir named
 after its overrides (a rerun resumes or skips finished variants, and studies sharing a workdir share identical
-variants, e.g. the ablation's "whole" is Table 2's LLM4SBR run); the study then writes `<name>.md` (markdown table), `<name>.csv` and
-`<name>.png` into the workdir. Metrics are reported twice, labelled: test at the best validation epoch, and the
-paper's protocol (best epoch on test, each metric separately).
+variants, e.g. the ablation's "whole" is Table 2's LLM4SBR run); the study then writes `<name>.md` (markdown
+table), `<name>.csv` and `<name>.png` into the workdir. Metrics are reported twice, labelled: test at the best
+validation epoch, and the paper's protocol (best epoch on test, each metric separately).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def run_study(study: str, config: Any, workdir: str,
     results[label] = run(variant_config(config, overrides), os.path.join(workdir, variant_dir(overrides)))
   dataset = next((r.get("dataset") for r in results.values() if r.get("dataset")), "")
   if jax.process_index() == 0:  # multi-process runs: one writer
-      write_outputs(study, results, workdir, baselines(study, config), paper_values(study, config, dataset),
+    write_outputs(study, results, workdir, baselines(study, config), paper_values(study, config, dataset),
                   intervals(study, config, workdir, results))
   return results
 

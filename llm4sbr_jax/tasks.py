@@ -76,9 +76,9 @@ def build_task(config: Any, dataset: ProcessedDataset) -> Task:
   backbone = spec.build(config, dataset)
   tables = dict(spec.node_tables(config, dataset)) if spec.node_tables else None
   extra_spec = {name: (weight, False) for name, weight in (spec.losses(config) if spec.losses else {}).items()}
-  scoring = dict(score_chunk=config.get("score_chunk", 0), score_dtype=config.get("score_dtype", "float32"))
+  score_options = dict(score_chunk=config.get("score_chunk", 0), score_dtype=config.get("score_dtype", "float32"))
   if not config.llm4sbr:
-    model = Recommender(backbone, **scoring)
+    model = Recommender(backbone, **score_options)
 
     def terms(params, batch, train, rng=None):
       scores, named = _apply(model, params, batch, train=train, rng=rng)  # [G, n]
@@ -89,7 +89,7 @@ def build_task(config: Any, dataset: ProcessedDataset) -> Task:
 
   perspectives, pairing = tuple(config.perspectives), tuple(config.pairing)
   model = llm4sbr_lib.LLM4SBR(backbone=backbone, hidden=config.hidden, perspectives=perspectives, pairing=pairing,
-                              fusion=config.fusion, **scoring)
+                              fusion=config.fusion, **score_options)
   paired = [p for p, q in zip(perspectives, pairing) if q != "none"]
   spec = {"ce": (1.0, False), **extra_spec}
   for p in paired:

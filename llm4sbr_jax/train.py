@@ -209,7 +209,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     history.append(record)
     improved = _better(record[select_split], best, config.select_metric)
     best = record[select_split] if improved else best
-    if primary and improved and "test" in ranks:  # the selected epoch's per-sample test ranks (for paired bootstrap intervals)
+    if primary and improved and "test" in ranks:  # the selected epoch's test ranks (paired bootstrap intervals)
       dataset_lib.save_npy(os.path.join(workdir, RANKS_FILE), ranks["test"])
     meta["bad_epochs"] = 0 if improved else meta["bad_epochs"] + 1
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(exp.runner.unreplicate(state)),

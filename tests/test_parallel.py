@@ -102,7 +102,8 @@ def test_ahead_of_time_compile_fixes_the_shapes(setup):
   runner.eval_step(state.params, batch)
   assert parallel.TRACE_COUNTS["train"] == 1 and parallel.TRACE_COUNTS["eval"] == 1  # no retrace on the calls
   other, _ = next(graphs.iterate_batches(sg, np.arange(40), graphs.compute_budget(sg, 10, num_std=9.0), 4))
-  with pytest.raises(TypeError, match="Argument types differ"):  # another batch shape: refused, never silently recompiled
+  # another batch shape: refused, never silently recompiled
+  with pytest.raises(TypeError, match="Argument types differ"):
     runner.train_step(state, other, 1e-3)
 
 

@@ -332,6 +332,7 @@ def test_prepare_data_launcher(tmp_path):
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "Traceback" not in result.stderr  # the one error line comes after the progress bar
-  assert result.stderr.strip().splitlines()[-1] == f"error: {path}: line 2: field 'timeframe': expected an integer, got 'x'"
+  assert result.stderr.strip().splitlines()[-1] == (f"error: {path}: line 2: field 'timeframe': expected an integer, "
+                                                    "got 'x'")
   result = subprocess.run(cmd[:5] + ["paper"] + cmd[6:], capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: --dataset diginetica")

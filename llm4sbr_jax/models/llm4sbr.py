@@ -145,9 +145,10 @@ class LLM4SBR(nn.Module):
     local, global_ = out.local, out.global_  # [G, d] each
     g = local.shape[0]
 
+    scores = lambda session: score(session, out, self.score_chunk, self.score_dtype)  # [G, n]
     if num_p == 0:
       empty = jnp.zeros((g, 0, d), local.dtype)  # [G, 0, d]
-      return LLM4SBROutput(score(out.session, out, self.score_chunk, self.score_dtype), out.session, empty, empty, empty)
+      return LLM4SBROutput(scores(out.session), out.session, empty, empty, empty)
 
     if intents is None or intents.ndim != 3 or intents.shape[:2] != (g, num_p):
       shape = None if intents is None else intents.shape
@@ -182,7 +183,7 @@ class LLM4SBR(nn.Module):
       paired_sessions = jnp.stack([vectors[self.pairing[i]] for i in paired], axis=1)  # [G, Q, d]
     else:
       paired_intents = paired_sessions = jnp.zeros((g, 0, d), local.dtype)
-    return LLM4SBROutput(score(session, out, self.score_chunk, self.score_dtype), session, h, paired_intents, paired_sessions)
+    return LLM4SBROutput(scores(session), session, h, paired_intents, paired_sessions)
 
 
 # ----------------------------------------------------------------------------------------------------------------
