@@ -100,7 +100,7 @@ def measure_jax(shape, backbone):
   tables_seconds = time.perf_counter() - t
   tx = parallel.make_optimizer(config.weight_decay)
   runner = parallel.Runner("shard_map", task.terms, task.spec, tx, metrics.batch_metric_sums, devices,
-                           shard_items=config.shard_items)
+                           shard_items=config.shard_items, shard_scores=config.shard_scores)
   order = np.random.default_rng(0).permutation(len(train))
   batches = graphs.iterate_batches(g_train, order, budget, len(devices), node_tables=task.node_tables)
   first, real = next(batches)

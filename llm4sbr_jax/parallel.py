@@ -17,8 +17,11 @@ Item-table sharding (`shard_items`, shard_map only): every item table (the param
 backbone's item embedding) and its Adam moments are stored split over the devices on the item axis (rows padded to a
 multiple of the device count); each step all-gathers the table for the forward pass and reduce-scatters its gradient,
 so each device keeps 1/D of the table's parameters and optimiser state between steps (ZeRO / FSDP style; the scores
-of the device's own sessions are still computed against all items, with `score_chunk` bounding their memory). The
-host sees the unpadded tables (`replicate` / `unreplicate`), so checkpoints do not depend on it.
+of the device's own sessions are still computed against all items, with `score_chunk` bounding their memory). With
+`shard_scores` the table is never gathered: the model sees each table as a `scoring.ShardedTable` (sharded lookups,
+each device scoring its own rows for the sessions of all devices), so the split table's gradient is already complete
+on each device and is not summed. The host sees the unpadded tables (`replicate` / `unreplicate`), so checkpoints
+do not depend on it.
 
 Optimiser: torch `Adam(weight_decay=wd)` semantics (coupled L2: decayed weights added to the gradient before Adam),
 the learning rate passed to every step so the epoch schedule needs no recompilation.
@@ -35,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from llm4sbr_jax import scoring
 
 AXIS = "data"
 ITEM_TABLE = "embedding"  # the param name of every backbone's item table (the leaves `shard_items` splits)
@@ -83,21 +88,38 @@ def _is_table(path) -> bool:
   return bool(path) and getattr(path[-1], "key", None) == ITEM_TABLE
 
 
-def _gather_tables(params: Any, rows: Optional[Any]) -> Any:
-  """The full item tables (all-gathered rows, padding dropped) where `rows` [leaf: true rows, 0 = not split]."""
+def _model_tables(params: Any, rows: Optional[Any], view: bool) -> Any:
+  """The item tables as the model sees them, where `rows` [leaf: true rows, 0 = not split]: all-gathered whole
+  (padding dropped), or with `view` boxed as `scoring.ShardedTable`s of this device's rows."""
   if rows is None:
     return params
-  return jax.tree_util.tree_map(lambda x, r: jax.lax.all_gather(x, AXIS, tiled=True)[:r] if r else x, params, rows)
+  split = lambda x, r: scoring.ShardedRows(x, r, AXIS) if view else jax.lax.all_gather(x, AXIS, tiled=True)[:r]
+  return jax.tree_util.tree_map(lambda x, r: split(x, r) if r else x, params, rows)
 
 
-def _sum_grads(grads: Any, rows: Optional[Any], num_devices: int) -> Any:
-  """psum of every gradient; a split table's is reduce-scattered instead (each device keeps the sum of its rows)."""
+def _call_terms(terms_fn: TermsFn, params: Any, view: bool, *args: Any):
+  """terms_fn(params, *args); with `view`, an error while tracing that comes from using a `ShardedTable` as an
+  array (e.g. S2-DHCN convolving the whole table) is re-raised naming the option."""
+  try:
+    return terms_fn(params, *args)
+  except (TypeError, ValueError) as e:
+    if not view or "shard_scores" in str(e) or "__jax_array__" not in str(e) and "ShardedTable" not in str(e):
+      raise
+    raise TypeError(f"config.shard_scores: the model used its row-sharded item table as a whole ({e}); only "
+                    "backbones that look items up and score them support it; use shard_scores=False") from e
+
+
+def _sum_grads(grads: Any, rows: Optional[Any], num_devices: int, view: bool) -> Any:
+  """psum of every gradient; a split table's is reduce-scattered instead (each device keeps the sum of its rows),
+  or with `view` kept as it is (the collectives' transposes already summed it)."""
   if rows is None:
     return jax.lax.psum(grads, AXIS)
 
   def one(g, r):
     if not r:
       return jax.lax.psum(g, AXIS)
+    if view:
+      return g
     g = jnp.pad(g, ((0, -r % num_devices),) + ((0, 0),) * (g.ndim - 1))
     return jax.lax.psum_scatter(g, AXIS, scatter_dimension=0, tiled=True)
 
@@ -106,21 +128,25 @@ def _sum_grads(grads: Any, rows: Optional[Any], num_devices: int) -> Any:
 
 def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms_fn: TermsFn,
                           spec: Mapping[str, tuple[float, bool]], tx: optax.GradientTransformation, seed: int = 0,
-                          rows: Optional[Any] = None, num_devices: int = 1
+                          rows: Optional[Any] = None, num_devices: int = 1, view: bool = False
                           ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's shard; gradients and reports are summed over AXIS.
 
-  `rows` (item-table sharding): per param leaf, the true rows of a table stored split over the devices, else 0.
+  `rows` (item-table sharding): per param leaf, the true rows of a table stored split over the devices, else 0;
+  `view`: the model sees those tables as `scoring.ShardedTable`s instead of all-gathered (`shard_scores`).
   """
   TRACE_COUNTS["train"] += 1
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
   def objective(params):
-    _, terms = terms_fn(params, batch, True, rng)
+    _, terms = _call_terms(terms_fn, params, view, batch, True, rng)
     return _objective_and_report(terms, spec)
 
-  grads, report = jax.grad(objective, has_aux=True)(_gather_tables(state.params, rows))
-  grads = _sum_grads(grads, rows, num_devices)
+  if view:
+    grads, report = jax.grad(lambda p: objective(_model_tables(p, rows, True)), has_aux=True)(state.params)
+  else:
+    grads, report = jax.grad(objective, has_aux=True)(_model_tables(state.params, rows, False))
+  grads = _sum_grads(grads, rows, num_devices, view)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
   return TrainState(params, opt_state, state.step + 1), report
@@ -129,10 +155,11 @@ def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms
 def per_device_eval_step(params: Any, batch: Any, *, terms_fn: TermsFn,
                          metrics_fn: Callable[[jax.Array, Any], dict[str, jax.Array]],
                          per_sample_fn: Optional[Callable[[jax.Array, Any], dict[str, jax.Array]]] = None,
-                         rows: Optional[Any] = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+                         rows: Optional[Any] = None, view: bool = False
+                         ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """Metric sums of the global batch, and the per-graph-slot values of all devices ([D * G] each, or {})."""
   TRACE_COUNTS["eval"] += 1
-  scores, _ = terms_fn(_gather_tables(params, rows), batch, False, None)
+  scores, _ = _call_terms(terms_fn, _model_tables(params, rows, view), view, batch, False, None)
   per_sample = {} if per_sample_fn is None else per_sample_fn(scores, batch)
   gathered = jax.tree_util.tree_map(lambda x: jax.lax.all_gather(x, AXIS, tiled=True), per_sample)
   return jax.lax.psum(metrics_fn(scores, batch), AXIS), gathered
@@ -143,11 +170,12 @@ class Runner:
 
   `local`: the slice of `devices` this process feeds (all of them in a single-process run). `shard_items`: item
   tables split over the devices (module docstring); the steps are then built when the state is first replicated.
+  `shard_scores` (with `shard_items`): the model sees the split tables as `scoring.ShardedTable`s.
   """
 
   def __init__(self, mode: str, terms_fn: TermsFn, spec: Mapping[str, tuple[float, bool]],
                tx: optax.GradientTransformation, metrics_fn, devices=None, seed: int = 0, per_sample_fn=None,
-               shard_items: bool = False):
+               shard_items: bool = False, shard_scores: bool = False):
     self.devices = list(devices if devices is not None else jax.devices())
     self.num_devices = len(self.devices)
     mine = [i for i, d in enumerate(self.devices) if d.process_index == jax.process_index()]
@@ -158,15 +186,17 @@ class Runner:
       raise ValueError("parallel mode 'pmap' runs in one process; use 'shard_map' with jax.distributed")
     if shard_items and mode != "shard_map":
       raise ValueError("shard_items needs parallel mode 'shard_map'")
+    if shard_scores and not shard_items:
+      raise ValueError("shard_scores needs shard_items (it scores the rows each device holds)")
     self.mode = mode
     self.shard_items = shard_items
     self._rows: dict[str, int] = {}  # key path -> true rows, for every table leaf stored split (host boundary)
     self._in_flight: collections.deque = collections.deque()
     self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
     self._train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx, seed=seed,
-                                    num_devices=self.num_devices)
+                                    num_devices=self.num_devices, view=shard_scores)
     self._evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn,
-                                       per_sample_fn=per_sample_fn)
+                                       per_sample_fn=per_sample_fn, view=shard_scores)
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
     self._replicated = NamedSharding(self.mesh, P())
     self._sharded = NamedSharding(self.mesh, P(AXIS))

@@ -13,6 +13,18 @@ layers stay float32.
 
 Backbones whose scores are not a plain dot product (TAGNN's target-aware `extra_scores`, already [G, n]) do not
 support chunked scoring: `score` raises.
+
+Row-sharded scoring (`config.shard_scores`, with `shard_items`, inside shard_map): the model sees each item table as
+a `ShardedTable`, a view of this device's rows [R, d] of the table padded to D x R rows. Looking items up
+(`table[ids]`) is a sharded gather: the ids of every device are all-gathered, each device reads the rows it owns
+(zeros elsewhere), and a reduce-scatter returns every device its rows; the scores stay implicit (`ShardedScores`):
+every device scores the sessions of *all* devices against its own rows [D x G, R], the log-sum-exp merges the
+per-device maxima and sums with pmax / psum, the target's score comes from the device that owns it (psum of one
+non-zero), and the rank adds up each device's count of higher-scored items. No device ever holds the whole table,
+its gradient, or a [G, n] score matrix over all items (autodiff transposes the all-gather into a reduce-scatter and
+the reduce-scatter into an all-gather, so each device's table gradient is complete for its rows). A backbone that
+needs the whole table for anything else (TAGNN's target-aware term, S2-DHCN's convolution) cannot use it: the view
+raises a clear error when it is used as an array.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import struct
+from flax.core import meta
 
 
 @struct.dataclass
@@ -100,18 +113,22 @@ def target_scores(scores: ChunkedScores, labels: jax.Array) -> jax.Array:
                     preferred_element_type=jnp.float32)
 
 
-def nll(scores: ChunkedScores, labels: jax.Array, mask: jax.Array) -> jax.Array:
+def nll(scores: ChunkedScores | ShardedScores, labels: jax.Array, mask: jax.Array) -> jax.Array:
   """-log softmax(scores)[label] per real row, 0 on padding rows; [G] (labels 0-based columns)."""
+  if isinstance(scores, ShardedScores):
+    return jnp.where(mask, _sharded_nll(scores, labels), 0.0)
   value = logsumexp(scores.session, scores.items, scores.chunk, scores.dtype) - target_scores(scores, labels)
   return jnp.where(mask, value, 0.0)
 
 
-def ranks(scores: ChunkedScores, labels: jax.Array) -> jax.Array:
+def ranks(scores: ChunkedScores | ShardedScores, labels: jax.Array) -> jax.Array:
   """1 + the number of items scored strictly higher than the target, [G] (labels 0-based columns).
 
-  Two scans over the chunks: the first reads each target's score out of its chunk's product, the second counts, so
+  Chunked: two scans over the chunks: the first reads each target's score out of its chunk's product, the second counts, so
   every comparison is between values of the same matrix product (exact ties favour the target, as unchunked).
   """
+  if isinstance(scores, ShardedScores):
+    return _sharded_ranks(scores, labels)
   table, valid = _chunked_table(scores.items, scores.chunk)
   offsets = jnp.arange(table.shape[0]) * scores.chunk  # [K]
 
@@ -129,3 +146,109 @@ def ranks(scores: ChunkedScores, labels: jax.Array) -> jax.Array:
   own, _ = jax.lax.scan(own_score, jnp.zeros(labels.shape, jnp.float32), (table, offsets))
   total, _ = jax.lax.scan(count, jnp.zeros(labels.shape, jnp.int32), (table, valid))
   return 1 + total
+
+
+class ShardedTable:
+  """An item table [rows, d] stored split over the devices of `axis`: this device holds rows [i R, (i + 1) R).
+
+  What a backbone may do with it: `table[ids]` (a sharded gather, any shape of int ids) and hand it to
+  `base.score` (implicit `ShardedScores`). It is not an array: any other use raises, naming the option.
+  """
+
+  def __init__(self, shard: jax.Array, rows: int, axis: str):
+    self.shard, self.rows, self.axis = shard, rows, axis  # [R, d], true rows, mesh axis name
+
+  @property
+  def shape(self) -> tuple[int, int]:  # the whole table's (what flax checks against the param's declared shape)
+    return (self.rows, self.shard.shape[1])
+
+  @property
+  def dtype(self):
+    return self.shard.dtype
+
+  def __getitem__(self, ids: jax.Array) -> jax.Array:
+    """Rows `ids` [...] of the whole table -> [..., d]: all-gather the ids, read own rows, reduce-scatter."""
+    if not hasattr(ids, "dtype") or not jnp.issubdtype(ids.dtype, jnp.integer):
+      self.__jax_array__()  # a slice or other index: the backbone wants the table as a whole
+    ids = jnp.asarray(ids)
+    r = self.shard.shape[0]
+    wanted = jax.lax.all_gather(ids.reshape(-1), self.axis) - jax.lax.axis_index(self.axis) * r  # [D, M]
+    mine = (wanted >= 0) & (wanted < r)
+    rows = jnp.where(mine[..., None], self.shard[jnp.clip(wanted, 0, r - 1)], 0.0)  # [D, M, d]
+    return jax.lax.psum_scatter(rows, self.axis, scatter_dimension=0).reshape(ids.shape + (-1,))  # [..., d]
+
+  def __jax_array__(self):
+    raise TypeError("config.shard_scores: this backbone uses its item table as a whole (not only `table[ids]` "
+                    "lookups and scoring), which a row-sharded table cannot serve; use shard_scores=False")
+
+  __array__ = __jax_array__
+
+
+class ShardedRows(struct.PyTreeNode, meta.AxisMetadata):
+  """The param box that hands a backbone its table as a `ShardedTable` (flax unboxes params on access)."""
+
+  shard: jax.Array  # [R, d]
+  rows: int = struct.field(pytree_node=False)
+  axis: str = struct.field(pytree_node=False)
+
+  def unbox(self) -> ShardedTable:
+    return ShardedTable(self.shard, self.rows, self.axis)
+
+  def replace_boxed(self, val: jax.Array) -> ShardedRows:
+    return self.replace(shard=val)
+
+  def add_axis(self, index: int, params: dict) -> ShardedRows:
+    raise NotImplementedError("a row-sharded item table cannot gain an axis")
+
+  def remove_axis(self, index: int, params: dict) -> ShardedRows:
+    raise NotImplementedError("a row-sharded item table cannot lose an axis")
+
+
+@struct.dataclass
+class ShardedScores:
+  """Scores [G, n] = session @ table[1:].T of a `ShardedTable`, never materialised (module docstring)."""
+
+  session: jax.Array  # [G, d], this device's sessions
+  shard: jax.Array  # [R, d], this device's rows of the padded table (global row i R + j = item id i R + j)
+  rows: int = struct.field(pytree_node=False)  # n + 1 (row 0 is padding and never scored)
+  axis: str = struct.field(pytree_node=False)
+  dtype: str = struct.field(pytree_node=False, default="float32")
+
+  @property
+  def num_items(self) -> int:
+    return self.rows - 1
+
+
+IMPLICIT = (ChunkedScores, ShardedScores)  # score types consumed by `nll` / `ranks` without a [G, n] matrix
+
+
+def sharded_scores(session: jax.Array, table: ShardedTable, dtype: str = "float32") -> ShardedScores:
+  return ShardedScores(session, table.shard, table.rows, table.axis, dtype)
+
+
+def _sharded_products(scores: ShardedScores, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Every device's sessions x this device's rows [D G, R] (-inf off the items), each target's score [D G] (from
+  its owner), and where this device's sessions sit in the gathered rows (offset)."""
+  r, g = scores.shard.shape[0], scores.session.shape[0]
+  first = jax.lax.axis_index(scores.axis) * r
+  ids = first + jnp.arange(r)  # [R] item id of each row
+  x = product(jax.lax.all_gather(scores.session, scores.axis, tiled=True), scores.shard, scores.dtype)  # [D G, R]
+  x = jnp.where(((ids >= 1) & (ids < scores.rows))[None, :], x, -jnp.inf)
+  col = jax.lax.all_gather(labels, scores.axis, tiled=True) + 1 - first  # [D G] target's row here
+  owned = (col >= 0) & (col < r)
+  picked = jnp.take_along_axis(x, jnp.clip(col, 0, r - 1)[:, None], axis=-1)[:, 0]
+  target = jax.lax.psum(jnp.where(owned, picked, 0.0), scores.axis)  # [D G]: one device's value plus zeros
+  return x, target, jax.lax.axis_index(scores.axis) * g
+
+
+def _sharded_nll(scores: ShardedScores, labels: jax.Array) -> jax.Array:
+  x, target, start = _sharded_products(scores, labels)
+  peak = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(x, axis=-1)), scores.axis)  # [D G]
+  lse = peak + jnp.log(jax.lax.psum(jnp.sum(jnp.exp(x - peak[:, None]), axis=-1), scores.axis))
+  return jax.lax.dynamic_slice_in_dim(lse - target, start, scores.session.shape[0])  # [G]
+
+
+def _sharded_ranks(scores: ShardedScores, labels: jax.Array) -> jax.Array:
+  x, target, start = _sharded_products(scores, labels)
+  higher = jax.lax.psum(jnp.sum(x > target[:, None], axis=-1), scores.axis)  # [D G]
+  return 1 + jax.lax.dynamic_slice_in_dim(higher, start, scores.session.shape[0])  # [G]

@@ -77,7 +77,8 @@ class Experiment:
     self.tx = parallel.make_optimizer(config.weight_decay)
     self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx,
                                   metrics_lib.batch_metric_sums, devices, seed=config.seed,
-                                  per_sample_fn=metrics_lib.batch_ranks, shard_items=config.get("shard_items", False))
+                                  per_sample_fn=metrics_lib.batch_ranks, shard_items=config.get("shard_items", False),
+                                  shard_scores=config.get("shard_scores", False))
     t = time.perf_counter()
     template_side = None if self.task.side_shape is None else np.zeros((1,) + self.task.side_shape, np.float32)
     self._template, _ = next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), self.budget,

@@ -30,11 +30,11 @@ def setup():
   return _setup("srgnn")
 
 
-def _run(setup, mode, devices, steps=1, shard_items=False):
+def _run(setup, mode, devices, steps=1, shard_items=False, shard_scores=False):
   sg, task, params = setup
   tx = parallel.make_optimizer(1e-5)
   runner = parallel.Runner(mode, task.terms, task.spec, tx, metrics.batch_metric_sums, devices,
-                           per_sample_fn=metrics.batch_ranks, shard_items=shard_items)
+                           per_sample_fn=metrics.batch_ranks, shard_items=shard_items, shard_scores=shard_scores)
   budget = graphs.compute_budget(sg, 40 // len(devices), num_std=6.0)
   state = runner.replicate(parallel.init_state(params, tx))
   reports, evals = [], []
@@ -50,14 +50,15 @@ def _run(setup, mode, devices, steps=1, shard_items=False):
   return runner.unreplicate(state.params), reports, evals
 
 
-@pytest.mark.parametrize("mode,backbone,shard_items", [
-    ("shard_map", "srgnn", False), ("pmap", "srgnn", False), ("shard_map", "tagnn", False),
-    ("shard_map", "gcegnn", False), ("shard_map", "s2dhcn", False), ("shard_map", "srgnn", True),
-    ("shard_map", "s2dhcn", True)])
-def test_four_device_step_equals_single_device_step(mode, backbone, shard_items):
+@pytest.mark.parametrize("mode,backbone,shard_items,shard_scores", [
+    ("shard_map", "srgnn", False, False), ("pmap", "srgnn", False, False), ("shard_map", "tagnn", False, False),
+    ("shard_map", "gcegnn", False, False), ("shard_map", "s2dhcn", False, False), ("shard_map", "srgnn", True, False),
+    ("shard_map", "s2dhcn", True, False), ("shard_map", "srgnn", True, True), ("shard_map", "gcegnn", True, True)])
+def test_four_device_step_equals_single_device_step(mode, backbone, shard_items, shard_scores):
   setup = _setup(backbone, s2dhcn={"beta": 0.0})  # S2-DHCN: SSL off; its per-device line graph is tested below
   single, loss1, eval1 = _run(setup, "shard_map", jax.local_devices()[:1], steps=2)
-  multi, loss4, eval4 = _run(setup, mode, jax.local_devices(), steps=2, shard_items=shard_items)
+  multi, loss4, eval4 = _run(setup, mode, jax.local_devices(), steps=2, shard_items=shard_items,
+                             shard_scores=shard_scores)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   for k in eval1[0]:
     if k not in ("ranks", "rows"):
@@ -69,6 +70,14 @@ def test_four_device_step_equals_single_device_step(mode, backbone, shard_items)
   assert max(jax.tree_util.tree_leaves(diffs)) < 1e-5
   moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), single, setup[2])
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-4  # the step really updated the parameters
+
+
+@pytest.mark.parametrize("backbone", ["tagnn", "s2dhcn"])
+def test_row_sharded_scoring_refuses_a_backbone_that_needs_the_whole_table(backbone):
+  with pytest.raises((TypeError, ValueError), match="shard_scores"):
+    _run(_setup(backbone), "shard_map", jax.local_devices(), shard_items=True, shard_scores=True)
+  with pytest.raises(ValueError, match="shard_scores needs shard_items"):
+    _run(_setup("srgnn"), "shard_map", jax.local_devices(), shard_scores=True)
 
 
 def test_s2dhcn_ssl_term_is_per_device():

@@ -1,4 +1,5 @@
-"""Chunked scoring: log-sum-exp, its gradient, target ranks and whole runs equal the [G, n] path; memory is O(G x C)."""
+"""Chunked and row-sharded scoring: log-sum-exp, its gradient, target ranks and whole runs equal the [G, n] path;
+chunked memory is O(G x C)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,8 @@ from experiments.configs import default
 from llm4sbr_jax import dataset, metrics, scoring, synthetic, train
 from llm4sbr_jax.models import base
 from llm4sbr_jax.models import llm4sbr as L
+
+P = jax.sharding.PartitionSpec
 
 
 def _inputs(g=12, n=103, d=8, seed=0):
@@ -71,6 +74,74 @@ def test_ranks_equal_the_full_scores_and_ties_favour_the_target():
   np.testing.assert_array_equal(ranks[0], metrics.target_ranks(session @ tied[1:].T, targets)[0])
 
 
+def _row_sharded(session, items, targets, mask):
+  """Loss (mean nll), its gradients and the ranks with `items` split over the 4 devices' rows (shard_scores)."""
+  rows, per = items.shape[0], -(-items.shape[0] // 4)
+  padded = jnp.pad(items, ((0, 4 * per - rows), (0, 0)))
+  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
+  spec = jax.sharding.PartitionSpec("data")
+
+  def per_device(session, shard, targets, mask):
+    table = scoring.ShardedTable(shard, rows, "data")
+    scores = base.score(session, base.BackboneOutput(session, session, table))
+    total, count = L.cross_entropy(scores, targets, mask)
+    return jax.lax.psum(total, "data") / jax.lax.psum(count, "data"), metrics.target_ranks(scores, targets)
+
+  def loss(session, padded):
+    return jax.shard_map(lambda *a: per_device(*a)[0], mesh=mesh, in_specs=(spec,) * 4, out_specs=P(),
+                         check_vma=False)(session, padded, targets, mask)
+
+  value, (d_session, d_padded) = jax.value_and_grad(loss, argnums=(0, 1))(session, padded)
+  ranks = jax.shard_map(lambda *a: per_device(*a)[1], mesh=mesh, in_specs=(spec,) * 4, out_specs=spec,
+                        check_vma=False)(session, padded, targets, mask)
+  return value, (d_session, d_padded[:rows]), ranks
+
+
+
+def test_row_sharded_scores_equal_the_full_scores_with_ties_and_padding():
+  """shard_scores over 4 devices: loss, gradients and ranks equal the full [G, n] path (targets on the first and
+  last device, an exact tie across devices, padding rows of the batch and of the table)."""
+  session, items, targets = _inputs(g=12, n=101)  # 102 rows: padded to 104, 26 a device
+  targets = targets.at[0].set(1).at[1].set(101)  # first and last item (devices 0 and 3)
+  items = items.at[60].set(items[targets[2]])  # another item with exactly a target's embedding, on another device
+  mask = jnp.arange(12) % 4 != 3  # three padding rows
+  value, grads, ranks = _row_sharded(session, items, targets, mask)
+
+  def loss(session, items):
+    total, count = L.cross_entropy(base.score(session, base.BackboneOutput(session, session, items)), targets, mask)
+    return total / count
+
+  full, full_grads = jax.value_and_grad(loss, argnums=(0, 1))(session, items)
+  np.testing.assert_allclose(value, full, rtol=1e-6)
+  for a, b in zip(grads, full_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(grads[1][0]) == 0)  # the padding row is never scored
+  np.testing.assert_array_equal(ranks, metrics.target_ranks(session @ items[1:].T, targets))
+
+
+def test_row_sharded_lookups_equal_a_plain_gather():
+  items = jax.random.normal(jax.random.PRNGKey(1), (30, 4))  # 30 rows: padded to 32 over 4 devices
+  ids = jax.random.randint(jax.random.PRNGKey(2), (4, 6, 3), 0, 30)  # each device looks up a [6, 3] block
+  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
+
+  def lookup(shard, ids):
+    return scoring.ShardedTable(shard, 30, "data")[ids[0]][None]
+
+  def total(padded):
+    got = jax.shard_map(lookup, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data"),
+                        check_vma=False)(padded, ids)
+    return jnp.sum(got ** 2), got
+
+  (_, got), grad = jax.value_and_grad(total, has_aux=True)(jnp.pad(items, ((0, 2), (0, 0))))
+  np.testing.assert_array_equal(got, items[ids])
+  np.testing.assert_allclose(grad[:30], jax.grad(lambda t: jnp.sum(t[ids] ** 2))(items), rtol=1e-6)
+  table = scoring.ShardedTable(items[:8], 30, "data")
+  with pytest.raises(TypeError, match="shard_scores"):
+    table[1:]  # pylint: disable=pointless-statement
+  with pytest.raises(TypeError, match="shard_scores"):
+    jnp.asarray(table)
+
+
 def test_a_backbone_with_extra_scores_refuses_chunking():
   session, items, _ = _inputs()
   out = base.BackboneOutput(session, session, items, extra_scores=jnp.zeros((12, 103)))
@@ -96,16 +167,18 @@ def test_peak_memory_is_bounded_by_the_chunk():
 
 
 def test_a_chunked_run_trains_and_evaluates_like_the_full_one(tmp_path):
-  """The large-catalogue settings together: chunked scores and the item table split over the 4 devices."""
+  """The large-catalogue settings: chunked scores with the item table split over the 4 devices, and each device
+  scoring its own rows (`shard_scores`), both train and evaluate like the plain run."""
   d = tmp_path / "data"
   dataset.save_dataset(synthetic.make_dataset(60, 300, 4.0, 15, seed=0), str(d))
   results = []
-  for chunk, shard in ((0, False), (13, True)):
+  for chunk, shard, rows in ((0, False, False), (13, True, False), (0, True, True)):
     c = default.get_config()
     c.dataset_dir, c.hidden, c.batch_size, c.num_epochs, c.progress = str(d), 16, 20, 2, False
-    c.score_chunk, c.shard_items = chunk, shard
-    results.append(train.train_and_evaluate(c, str(tmp_path / f"run{chunk}")))
-  full, chunked = (r["selected"] for r in results)
-  for split in ("valid", "test"):
-    for k, v in full[split].items():
-      assert abs(chunked[split][k] - v) < 1e-3, (split, k)
+    c.score_chunk, c.shard_items, c.shard_scores = chunk, shard, rows
+    results.append(train.train_and_evaluate(c, str(tmp_path / f"run{chunk}{rows}")))
+  full, *others = (r["selected"] for r in results)
+  for other in others:
+    for split in ("valid", "test"):
+      for k, v in full[split].items():
+        assert abs(other[split][k] - v) < 1e-3, (split, k)

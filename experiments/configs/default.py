@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.progress = True
   c.score_chunk = 0  # > 0: loss and ranks over the items in chunks of this many (large catalogues; llm4sbr_jax/scoring)
   c.shard_items = False  # True: item tables and their Adam moments split over the devices (llm4sbr_jax/parallel)
+  c.shard_scores = False  # with shard_items: each device scores its own item rows, no whole table (llm4sbr_jax/scoring)
   c.score_dtype = "float32"  # "bfloat16": the item-scoring product's operands (mixed precision; f32 params and loss)
   # Backbone settings (official defaults); each backbone reads its own group.
   c.tagnn = ml_collections.ConfigDict()

@@ -80,18 +80,24 @@ class HybridHead(nn.Module):
 
 
 def score(session: jax.Array, out: BackboneOutput, chunk: int = 0, dtype: str = "float32"
-          ) -> jax.Array | scoring.ChunkedScores:
+          ) -> jax.Array | scoring.ChunkedScores | scoring.ShardedScores:
   """Scores of every real item (eq. 10 before the softmax): `session . E[1:]` plus the backbone's extra term.
 
   Args:
     session: [G, d] session vectors.
-    out: the backbone output; its item table's row 0 (padding) is dropped.
+    out: the backbone output; its item table's row 0 (padding) is dropped (a `scoring.ShardedTable` gives
+      `scoring.ShardedScores`).
     chunk: > 0: the scores stay implicit (`scoring.ChunkedScores`), consumed `chunk` items at a time.
     dtype: operand dtype of the session x item product ("bfloat16": mixed precision, float32 accumulation).
 
   Returns:
     [G, n] scores; column j is item id j + 1.
   """
+  if isinstance(out.items, scoring.ShardedTable):  # config.shard_scores: each device scores its own rows
+    if out.extra_scores is not None or chunk:
+      raise ValueError("config.shard_scores: needs plain dot-product scores without score_chunk (this backbone "
+                       "adds an extra [G, n] term, or score_chunk > 0)")
+    return scoring.sharded_scores(session, out.items, dtype)
   if chunk:
     if out.extra_scores is not None:
       raise ValueError("config.score_chunk: this backbone's scores are not a plain dot product (an extra [G, n] "

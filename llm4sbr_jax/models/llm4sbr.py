@@ -212,7 +212,7 @@ def cross_entropy(scores: jax.Array, targets: jax.Array, mask: jax.Array) -> tup
   Returns:
     (sum of the negative log-likelihoods over real rows, number of real rows), both float32 scalars.
   """
-  if isinstance(scores, scoring.ChunkedScores):
+  if isinstance(scores, scoring.IMPLICIT):
     labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, scores.num_items - 1).astype(jnp.int32)  # [G]
     nll = scoring.nll(scores, labels, mask)  # [G]
     return jnp.sum(nll), jnp.sum(mask).astype(jnp.float32)
