@@ -17,8 +17,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import multiprocess  # pylint: disable=g-import-not-at-top
-from llm4sbr_jax import dataset, intents, studies  # pylint: disable=g-import-not-at-top
-from llm4sbr_jax.models import registry  # pylint: disable=g-import-not-at-top
+from llm4sbr_jax import studies, train  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A study config (table2, ablation, fsweep).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the study.")
@@ -34,10 +33,9 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
   config = _CONFIG.value
-  # Expected errors (a stage-1 directory of another dataset, an unknown backbone): one line, no traceback.
   try:
     studies.run_study(config.study, config, _WORKDIR.value)
-  except (dataset.DatasetError, intents.IntentsError, registry.ConfigError) as e:
+  except train.EXPECTED_ERRORS as e:
     sys.exit(f"error: {e}")
   print((Path(_WORKDIR.value) / f"{config.study}.md").read_text())
 

@@ -122,6 +122,9 @@ def main(argv):
     sys.exit(f"error: --dataset {name} --protocol {protocol}: the benchmarks {', '.join(reference.DATASETS)} are "
              "prepared with --protocol reference (the official scripts' filters and date split) and it prepares "
              "only them")
+  if protocol == "reference" and _SAMPLES.value is not None:
+    sys.exit(f"error: --samples {_SAMPLES.value}: --protocol reference builds the samples as the official scripts "
+             "do (every prefix); drop --samples")
   if name == "generic" and not _INTERACTIONS.value:
     raise app.UsageError("--dataset generic needs --interactions (and optionally --item_names)")
   if name == "recbole" and not _INTER.value:

@@ -15,8 +15,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import multiprocess  # pylint: disable=g-import-not-at-top
-from llm4sbr_jax import dataset, intents, report, train  # pylint: disable=g-import-not-at-top
-from llm4sbr_jax.models import registry  # pylint: disable=g-import-not-at-top
+from llm4sbr_jax import report, train  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, results).")
@@ -31,10 +30,9 @@ def main(argv):
     sys.exit(f"error: {e}")
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint step at INFO
   logging.getLogger("llm4sbr_jax").setLevel(logging.INFO)
-  # Expected errors (a stage-1 directory of another dataset, an unknown backbone): one line, no traceback.
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (dataset.DatasetError, intents.IntentsError, registry.ConfigError) as e:
+  except train.EXPECTED_ERRORS as e:
     sys.exit(f"error: {e}")
   print(report.results_table(results))
   print(f"\nresults: {Path(_WORKDIR.value) / 'results.json'}")

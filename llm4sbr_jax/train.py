@@ -27,12 +27,14 @@ from tqdm import tqdm
 from llm4sbr_jax import dataset as dataset_lib
 from llm4sbr_jax import graphs as graphs_lib
 from llm4sbr_jax import metrics as metrics_lib
-from llm4sbr_jax import hostmem, parallel, plotting, tasks
+from llm4sbr_jax import hostmem, intents, parallel, plotting, tasks
 from llm4sbr_jax.models import registry
 
 log = logging.getLogger(__name__)
 
 SELECTION_NOTE = "test metrics at the epoch with the best validation {metric}"
+# What a launcher reports in one line, without a traceback (a stage-1 dir of another dataset, an unknown backbone).
+EXPECTED_ERRORS = (dataset_lib.DatasetError, intents.IntentsError, registry.ConfigError)
 RANKS_FILE = "test_ranks.npy"  # int32 [test samples]: 1-based target ranks at the selected (best validation) epoch
 PAPER_NOTE = ("paper protocol: each metric's best value over epochs on the TEST split, chosen separately "
               "(as the official SR-GNN / LLM4SBR code reports); optimistic, not a model-selection result")

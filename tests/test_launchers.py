@@ -51,6 +51,8 @@ def test_prepare_data_errors_are_one_line(tmp_path):
                                  ("--session_gap_minutes", "10m", "minutes or 'none'")):
     _one_line_error(_launch("prepare_data.py", "--dataset", "generic", "--interactions", rare, flag, value,
                             "--out_dir", out), f"{flag} '{value}'", expected)
+  _one_line_error(_launch("prepare_data.py", "--dataset", "diginetica", "--protocol", "reference", "--samples",
+                          "last", "--raw_dir", tmp_path, "--out_dir", out), "--samples last", "drop --samples")
   assert not out.exists()
 
 
