@@ -158,6 +158,15 @@ def write_outputs(study: str, results: dict[str, Any], workdir: str, bases: dict
         md += f"\n| improvement % ({label} vs {base_label}) | " + " | ".join(gain) + " |"
     sections.append(f"**{title}** (HR@K is the paper's P@K; percent)\n\n{md}")
     csv_rows += [{"protocol": key, "variant": label, **{c: m[c] for c in PAPER_COLUMNS}} for label, m in rows]
+  trained = {label: r for label, r in results.items() if "epochs_run" in r}
+  if trained:
+    lines = ["| | epochs run | selected epoch | how training ended |", "|---|---:|---:|---|"]
+    for label, r in trained.items():
+      ended = ("early stopping (patience)" if r.get("stopped_early")
+               else f"**epoch cap** (num_epochs {r.get('config', {}).get('num_epochs', '?')})")
+      lines.append(f"| {label} | {r['epochs_run']} | {r.get('selected', {}).get('epoch', '')} | {ended} |")
+    sections.append("**training** (epochs from 0; the selected epoch is the best on validation)\n\n"
+                    + "\n".join(lines))
   if cis:
     lines = ["| | test samples | " + " | ".join(c.upper() for c in PAPER_COLUMNS) + " |",
              "|---|---:|" + "---:|" * len(PAPER_COLUMNS)]

@@ -25,7 +25,8 @@ def test_table2_and_ablation_share_the_llm4sbr_run(tmp_path):
     os.makedirs(workdir, exist_ok=True)
     ranks = np.random.default_rng(0).integers(1, 40, 500)
     np.save(os.path.join(workdir, "test_ranks.npy"), np.maximum(1, ranks - 5) if config.llm4sbr else ranks)
-    return {**_fake_results(base * 1.2 if config.llm4sbr else base), "test_ranks": "test_ranks.npy"}
+    return {**_fake_results(base * 1.2 if config.llm4sbr else base), "test_ranks": "test_ranks.npy",
+            "stopped_early": config.backbone != "tagnn", "config": {"num_epochs": 4}}
 
   studies.run_study("table2", table2.get_config(), str(tmp_path), run)
   text = (tmp_path / "table2.md").read_text()
@@ -33,6 +34,8 @@ def test_table2_and_ablation_share_the_llm4sbr_run(tmp_path):
     assert f"improvement % (LLM4SBR({label}) vs {label}) | +20.00 |" in text
   assert "| LLM4SBR(GCE-GNN) | 18.08 | 4.80 |" in text  # the paper's Beauty values beside ours
   assert "| LLM4SBR(S2-DHCN) | 17.48 | 5.15 |" in text
+  assert "| SR-GNN | 2 | 1 | early stopping (patience) |" in text  # how each variant's training ended
+  assert "| TAGNN | 2 | 1 | **epoch cap** (num_epochs 4) |" in text
   assert "paired bootstrap 95% interval" in text and "| LLM4SBR(TAGNN) vs TAGNN | 500 | [+" in text
   rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
   assert {r["variant"] for r in rows} == {"SR-GNN", "LLM4SBR(SR-GNN)", "TAGNN", "LLM4SBR(TAGNN)", "GCE-GNN",
