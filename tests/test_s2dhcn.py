@@ -146,6 +146,18 @@ def test_line_graph_of_identical_and_repeated_sessions():
   assert np.isfinite(float(loss)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
 
 
+def test_ssl_term_stays_finite_when_the_sigmoids_saturate():
+  """Scores of +-30 saturate float32 sigmoids: every term is at most -log(1e-8), as in the official code (the
+  grouping (1e-8 + 1) - sigmoid gave log(0) here)."""
+  theta = jnp.array([[6.0, 0.0], [0.0, 6.0], [-6.0, 0.0]])  # pos = 36; neg pairs of +-36 or 0
+  rows, cols = jnp.array([1, 2, 0]), jnp.array([0, 1])
+  for sign in (1.0, -1.0):
+    total, count = s2dhcn.ssl_terms(theta, sign * theta, rows, cols, jnp.ones(3, bool))
+    assert count == 3 and np.isfinite(float(total)) and 0 < float(total) <= 6 * -np.log(1e-8) + 1e-3
+    grad = jax.grad(lambda t, s=sign: s2dhcn.ssl_terms(t, s * t, rows, cols, jnp.ones(3, bool))[0])(theta)
+    assert np.isfinite(np.asarray(grad)).all()
+
+
 def test_trains_on_a_dataset_smaller_than_one_batch(tmp_path):
   ds = synthetic.make_dataset(30, 40, 4.0, 8, seed=0)  # fewer train samples than one batch of 100
   assert len(ds.splits["train"]) < 100
