@@ -4,7 +4,8 @@ HR@K is the paper's "P@K" (the target is among the top K; one target per sample,
 1/rank when rank <= K else 0, averaged over *all* samples: the LLM4SBR reference code's MRR@5/@10 drop ranks 6-20 from
 the denominator, which we do not copy. NDCG@K = 1/log2(rank + 1) when rank <= K. The rank counts the items scored
 strictly higher than the target, plus one (ties resolved in the target's favour; the reference's `topk` breaks them
-arbitrarily). Items already in the session are not excluded (as in the reference).
+arbitrarily). A diverged model never looks good: a NaN score counts as higher than the target, a NaN target ranks
+last. Items already in the session are not excluded (as in the reference).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def target_ranks(scores: jax.Array | scoring.ChunkedScores | scoring.ShardedScor
     return scoring.ranks(scores, jnp.clip(targets - 1, 0, scores.num_items - 1))
   label = jnp.clip(targets - 1, 0, scores.shape[-1] - 1)
   target_score = jnp.take_along_axis(scores, label[:, None], axis=-1)  # [G, 1]
-  return 1 + jnp.sum(scores > target_score, axis=-1)  # [G]
+  higher = jnp.sum((scores > target_score) | jnp.isnan(scores), axis=-1)  # [G]
+  return jnp.where(jnp.isnan(target_score[:, 0]), scores.shape[-1], 1 + higher)
 
 
 def metric_sums(scores: jax.Array, targets: jax.Array, mask: jax.Array,

@@ -124,8 +124,9 @@ def nll(scores: ChunkedScores | ShardedScores, labels: jax.Array, mask: jax.Arra
 def ranks(scores: ChunkedScores | ShardedScores, labels: jax.Array) -> jax.Array:
   """1 + the number of items scored strictly higher than the target, [G] (labels 0-based columns).
 
-  Chunked: two scans over the chunks: the first reads each target's score out of its chunk's product, the second counts, so
-  every comparison is between values of the same matrix product (exact ties favour the target, as unchunked).
+  Chunked: two scans over the chunks: the first reads each target's score out of its chunk's product, the second
+  counts, so every comparison is between values of the same matrix product (exact ties favour the target, as
+  unchunked). Row-sharded: the target's score comes from its owner's product, and the counts are summed over devices.
   """
   if isinstance(scores, ShardedScores):
     return _sharded_ranks(scores, labels)
@@ -141,11 +142,12 @@ def ranks(scores: ChunkedScores | ShardedScores, labels: jax.Array) -> jax.Array
 
   def count(total, xs):
     rows, ok = xs
-    return total + jnp.sum((product(scores.session, rows, scores.dtype) > own[:, None]) & ok[None, :], axis=-1), None
+    s = product(scores.session, rows, scores.dtype)  # [G, C]
+    return total + jnp.sum(((s > own[:, None]) | jnp.isnan(s)) & ok[None, :], axis=-1), None
 
   own, _ = jax.lax.scan(own_score, jnp.zeros(labels.shape, jnp.float32), (table, offsets))
   total, _ = jax.lax.scan(count, jnp.zeros(labels.shape, jnp.int32), (table, valid))
-  return 1 + total
+  return jnp.where(jnp.isnan(own), scores.num_items, 1 + total)  # NaN: as metrics.target_ranks
 
 
 class ShardedTable:
@@ -250,5 +252,6 @@ def _sharded_nll(scores: ShardedScores, labels: jax.Array) -> jax.Array:
 
 def _sharded_ranks(scores: ShardedScores, labels: jax.Array) -> jax.Array:
   x, target, start = _sharded_products(scores, labels)
-  higher = jax.lax.psum(jnp.sum(x > target[:, None], axis=-1), scores.axis)  # [D G]
-  return 1 + jax.lax.dynamic_slice_in_dim(higher, start, scores.session.shape[0])  # [G]
+  higher = jax.lax.psum(jnp.sum((x > target[:, None]) | jnp.isnan(x), axis=-1), scores.axis)  # [D G]
+  rank = jnp.where(jnp.isnan(target), scores.num_items, 1 + higher)  # NaN: as metrics.target_ranks
+  return jax.lax.dynamic_slice_in_dim(rank, start, scores.session.shape[0])  # [G]

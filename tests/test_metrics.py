@@ -30,6 +30,16 @@ def test_rank_is_one_for_the_top_item():
   assert int(metrics.target_ranks(scores, np.array([1]))[0]) == 3
 
 
+def test_a_nan_score_never_looks_good():
+  """A diverged model: a NaN target ranks last, a NaN elsewhere counts as higher (NaN comparisons are all False,
+  which would otherwise make every NaN target rank 1: HR = 100%)."""
+  scores = np.array([[np.nan, np.nan, np.nan], [0.1, np.nan, 0.3], [0.1, 0.9, 0.3]], np.float32)
+  np.testing.assert_array_equal(metrics.target_ranks(scores, np.array([2, 3, 2])), [3, 2, 1])
+  got = metrics.finalize({k: float(v) for k, v in metrics.metric_sums(scores[:1], np.array([1]), np.ones(1, bool),
+                                                                      ks=(1,)).items()})
+  assert got["hr@1"] == 0.0
+
+
 def test_ranks_metrics_and_paired_bootstrap():
   ranks = np.array([1, 3, 7, 25, 2, 11])
   per = metrics.ranks_metrics(ranks)

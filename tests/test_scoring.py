@@ -119,6 +119,19 @@ def test_row_sharded_scores_equal_the_full_scores_with_ties_and_padding():
   np.testing.assert_array_equal(ranks, metrics.target_ranks(session @ items[1:].T, targets))
 
 
+def test_nan_scores_rank_as_the_full_path_does():
+  session, items, targets = _inputs(g=8, n=50)
+  session = session.at[1].set(jnp.nan)  # a diverged row: every score NaN, its target ranks last
+  items = items.at[7].set(jnp.nan)  # one NaN item: counts as higher than every target
+  full = metrics.target_ranks(session @ items[1:].T, targets)
+  assert full[1] == 50 and np.all(np.asarray(full)[[0, 2, 3]] >= 2)
+  np.testing.assert_array_equal(metrics.target_ranks(scoring.ChunkedScores(session, items, 16), targets), full)
+  session = jnp.concatenate([session] * 4)  # 8 sessions a device
+  targets = jnp.concatenate([targets] * 4)
+  _, _, ranks = _row_sharded(session, items, targets, jnp.ones(32, bool))
+  np.testing.assert_array_equal(ranks, jnp.concatenate([full] * 4))
+
+
 def test_row_sharded_lookups_equal_a_plain_gather():
   items = jax.random.normal(jax.random.PRNGKey(1), (30, 4))  # 30 rows: padded to 32 over 4 devices
   ids = jax.random.randint(jax.random.PRNGKey(2), (4, 6, 3), 0, 30)  # each device looks up a [6, 3] block
