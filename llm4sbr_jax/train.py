@@ -33,8 +33,14 @@ from llm4sbr_jax.models import registry
 log = logging.getLogger(__name__)
 
 SELECTION_NOTE = "test metrics at the epoch with the best validation {metric}"
+
+
+class DivergedError(RuntimeError):
+  """An epoch's training loss is not finite: nothing of that epoch is saved (the workdir keeps the one before)."""
+
+
 # What a launcher reports in one line, without a traceback (a stage-1 dir of another dataset, an unknown backbone).
-EXPECTED_ERRORS = (dataset_lib.DatasetError, intents.IntentsError, registry.ConfigError)
+EXPECTED_ERRORS = (dataset_lib.DatasetError, intents.IntentsError, registry.ConfigError, DivergedError)
 RANKS_FILE = "test_ranks.npy"  # int32 [test samples]: 1-based target ranks at the selected (best validation) epoch
 PAPER_NOTE = ("paper protocol: each metric's best value over epochs on the TEST split, chosen separately "
               "(as the official SR-GNN / LLM4SBR code reports); optimistic, not a model-selection result")
@@ -202,6 +208,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   epoch = len(history)
   while epoch < config.num_epochs and meta["bad_epochs"] < config.patience:
     state, losses, timing = exp.train_epoch(state, epoch, config.get("progress", True))
+    if not all(np.isfinite(v) for v in losses.values()):
+      manager.close()
+      raise DivergedError(f"{workdir}: epoch {epoch}'s training loss is not finite ({losses}); nothing of that epoch "
+                          f"was saved, the workdir keeps epoch {epoch - 1} (lower the lr or change the seed)")
     t = time.perf_counter()
     record = {"epoch": epoch, "lr": learning_rate(config, epoch), "train": losses, **timing}
     ranks = {}

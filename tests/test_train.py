@@ -72,6 +72,17 @@ def test_rerun_resumes_and_extends(data_dir, tmp_path):
       straight["paper_protocol_best_test"]["metrics"], abs=1e-4)
 
 
+def test_a_diverged_epoch_stops_the_run_and_saves_nothing_of_it(data_dir, tmp_path):
+  train.train_and_evaluate(_config(data_dir, num_epochs=1), str(tmp_path))
+  ranks = (tmp_path / "test_ranks.npy").read_bytes()
+  with pytest.raises(train.DivergedError, match="epoch 1's training loss is not finite"):
+    train.train_and_evaluate(_config(data_dir, num_epochs=2, lr=1e38), str(tmp_path))  # overflows to inf / NaN
+  assert [r["epoch"] for r in _epochs(tmp_path)] == [0]
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["0"]
+  assert (tmp_path / "test_ranks.npy").read_bytes() == ranks
+  assert train.DivergedError in train.EXPECTED_ERRORS  # the launchers print it in one line
+
+
 def test_kill_minus_nine_then_rerun_finishes_with_every_epoch_once(data_dir, tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "--config",
