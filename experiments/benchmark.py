@@ -21,7 +21,9 @@ with the backbone's official objective and optimiser (S2-DHCN: CE + beta * SSL, 
 padding to the split's longest prefix, dense adjacency; `build_baseline` in each `experiments/torch_<backbone>.py`)
 and runs torch with `--torch_threads` threads. Runs unchanged on a GPU (JAX picks it up; torch uses CUDA when
 available).
-Writes benchmark.md and benchmark.json.
+Writes benchmark.md and benchmark.json, and scaling.png (step time and memory against the catalogue size) when
+a backbone ran on several catalogue sizes, e.g. `--shapes=beauty,catalog-100k,catalog-1m,catalog-5m`. A
+measurement that fails (e.g. out of memory) is recorded in the table and the others go on; the exit status is 1.
 """
 
 import json
@@ -136,7 +138,7 @@ def measure_jax(shape, backbone):
           "task_build_s": tables_seconds,
           "budget": vars(budget), "mean_prefix_len": float(train.lengths.mean()),
           "max_prefix_len": int(train.lengths.max()), "device": str(devices[0].device_kind),
-          "num_devices": len(devices), "peak_rss_mb": hostmem.peak_rss_mb()}
+          "num_devices": len(devices), "num_items": ds.num_items, "peak_rss_mb": hostmem.peak_rss_mb()}
 
 
 def measure_torch(shape, backbone):
@@ -213,7 +215,7 @@ def main(argv):
     measure = measure_jax if fw == "jax" else measure_torch
     print("RESULT " + json.dumps(measure(shape, backbone)))
     return
-  results = {}
+  results, failed = {}, []
   for backbone in _BACKBONES.value:
     for shape in _SHAPES.value:
       r = results[f"{backbone}:{shape}"] = {}
@@ -223,8 +225,11 @@ def main(argv):
                f"--torch_threads={_TORCH_THREADS.value}", f"--dataset_dir={_DATASET_DIR.value}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not line:
-          raise RuntimeError(f"{fw} {backbone} on {shape} failed:\n{proc.stderr[-3000:]}")
+        if proc.returncode or not line:  # recorded and reported; the other measurements go on
+          why = "killed (out of memory?)" if proc.returncode == -9 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+          failed.append(f"{fw} {backbone} on {shape}: {why}")
+          print(f"FAILED {failed[-1]}\n{proc.stderr[-3000:]}", flush=True)
+          continue
         r[fw] = json.loads(line[0][7:])
         print(f"{backbone} {shape} {fw}: {r[fw]['train_sessions_per_s']:.0f} train sess/s", flush=True)
       if "jax" in r and "torch" in r:
@@ -233,8 +238,30 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   table = _table(results)
   print(table)
+  if failed:
+    table += "\n\nDid not run to the end:\n" + "\n".join(f"- {f}" for f in failed)
   Path(_OUT.value, "benchmark.md").write_text(table + "\n")
-  Path(_OUT.value, "benchmark.json").write_text(json.dumps(results, indent=2))
+  Path(_OUT.value, "benchmark.json").write_text(json.dumps({**results, "failed": failed}, indent=2))
+  _plot_scaling(results, Path(_OUT.value, "scaling.png"))
+  if failed:
+    sys.exit(f"{len(failed)} measurement(s) failed: " + "; ".join(failed))
+
+
+def _plot_scaling(results, path):
+  """scaling.png: JAX step time, peak RSS and step temp memory against the catalogue size, one line per backbone
+  variant (when the run measured a variant on at least two catalogue sizes)."""
+  series = {}
+  for key, r in results.items():
+    if "jax" in r:
+      m = r["jax"]
+      series.setdefault(key.split(":")[0], []).append(
+          (m["num_items"], {**m, "step_ms": 1000.0 * BATCH / m["train_sessions_per_s"]}))
+  series = {k: v for k, v in series.items() if len({x for x, _ in v}) > 1}
+  if series:
+    from llm4sbr_jax import plotting  # pylint: disable=g-import-not-at-top
+    plotting.plot_scaling(series, {"step_ms": "training step (ms)", "peak_rss_mb": "peak RSS (MB)",
+                                   "train_step_temp_mb": "XLA step temp memory (MB)"}, str(path),
+                          title=f"batch {BATCH}, d {HIDDEN}", xlabel="items in the catalogue")
 
 
 if __name__ == "__main__":

@@ -68,3 +68,22 @@ def plot_overhead(best: dict[str, dict], memory_key: str, path: str, title: str 
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def plot_scaling(series: dict[str, list[tuple[float, dict[str, float]]]], panels: dict[str, str], path: str,
+                 title: str = "", xlabel: str = "items") -> None:
+  """One line per series over a log x axis, one panel per measured key ({key: panel title}); points without the
+  key (a run that did not fit) are left out."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+  for ax, (key, panel) in zip(axes if len(panels) > 1 else [axes], panels.items()):
+    for i, (label, points) in enumerate(series.items()):
+      xy = sorted((x, m[key]) for x, m in points if m.get(key) is not None)
+      if xy:
+        ax.plot(*zip(*xy), marker="o", color=f"C{i}", label=label)
+    ax.set(title=panel, xlabel=xlabel, xscale="log", yscale="log")
+    ax.grid(True, which="both", lw=0.3)
+  (axes[0] if len(panels) > 1 else axes).legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

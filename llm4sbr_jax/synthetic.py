@@ -13,7 +13,7 @@ from llm4sbr_jax.dataset import PAD_NAME, ProcessedDataset, Split
 
 # Shapes of the paper's datasets (items, mean prefix length, max prefix length).
 SHAPES = {"beauty": (12101, 8.7, 202), "ml-1m": (3416, 17.6, 200), "catalog-100k": (100000, 8.7, 202),
-          "catalog-1m": (1000000, 8.7, 202)}
+          "catalog-1m": (1000000, 8.7, 202), "catalog-5m": (5000000, 8.7, 202)}
 
 
 def _session_length_pmf(p: float, max_len: int) -> np.ndarray:

@@ -31,3 +31,12 @@ def test_overhead_png(tmp_path, key):
           "llm4sbr": {"step_ms": 18.8, key: 1038.0, "intent_bytes": 516 * 2**20}}
   plotting.plot_overhead(best, key, str(tmp_path / "overhead.png"))
   assert matplotlib.image.imread(tmp_path / "overhead.png").shape[:2] == (360, 900)
+
+
+def test_scaling_png(tmp_path):
+  series = {"srgnn": [(12101, {"step_ms": 14.0, "peak_rss_mb": 700.0}),
+                      (1e6, {"step_ms": 900.0, "peak_rss_mb": 3600.0})],
+            "srgnn@score_chunk=16384": [(12101, {"step_ms": 15.0, "peak_rss_mb": 690.0}),
+                                        (5e6, {"step_ms": 5000.0})]}  # no RSS for a run that did not fit
+  plotting.plot_scaling(series, {"step_ms": "step (ms)", "peak_rss_mb": "peak RSS (MB)"}, str(tmp_path / "s.png"))
+  assert matplotlib.image.imread(tmp_path / "s.png").shape[:2] == (380, 1000)  # 2 panels of 5 x 3.8 in
