@@ -1,10 +1,13 @@
-"""Multi-process training: 2 processes x 2 CPU devices (gloo) equal 1 process x 4 devices, and resume after a stop."""
+"""Multi-process training: 2 processes x 2 CPU devices (gloo) equal 1 process x 4 devices, and resume after a stop
+or after kill -9 of one process."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -27,8 +30,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _train(data_dir, workdir, epochs, devices, extra=(), processes=1):
-  """Runs experiments/train.py in `processes` local processes with `devices` CPU devices each; waits for all."""
+def _start(data_dir, workdir, epochs, devices, extra=(), processes=1):
+  """Starts experiments/train.py in `processes` local processes with `devices` CPU devices each."""
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "--config",
          str(REPO / "experiments" / "configs" / "default.py"), f"--config.dataset_dir={data_dir}",
@@ -37,8 +40,13 @@ def _train(data_dir, workdir, epochs, devices, extra=(), processes=1):
   port = _free_port()
   multi = lambda i: ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                       f"--process_id={i}"] if processes > 1 else [])
-  procs = [subprocess.Popen(cmd + multi(i), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(processes)]
+  return [subprocess.Popen(cmd + multi(i), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for i in range(processes)]
+
+
+def _train(data_dir, workdir, epochs, devices, extra=(), processes=1):
+  """Runs `_start`'s processes to the end; process 0's metrics.jsonl rows."""
+  procs = _start(data_dir, workdir, epochs, devices, extra, processes)
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -63,6 +71,31 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
     np.testing.assert_allclose(_numbers(a), _numbers(b), rtol=1e-5, atol=1e-5)
   results = json.loads((tmp_path / "two" / "results.json").read_text())
   assert results["epochs_run"] == 2 and (tmp_path / "two" / "curves.png").exists()
+
+
+def test_kill_minus_nine_of_one_process_then_rerun_both_finishes_with_every_epoch_once(tmp_path):
+  data = tmp_path / "data"
+  dataset.save_dataset(synthetic.make_dataset(60, 600, 4.0, 15, seed=0), str(data))
+  workdir = tmp_path / "run"
+  procs = _start(data, workdir, 5, devices=2, processes=2)
+  deadline = time.time() + 240
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if (workdir / "metrics.jsonl").exists() and len((workdir / "metrics.jsonl").read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.05)
+  assert all(p.poll() is None for p in procs), "the run finished before it could be killed"
+  os.kill(procs[1].pid, signal.SIGKILL)  # one process of the pair dies mid-run
+  try:  # its partner fails in the next collective, or blocks there until the job is restarted (as a scheduler does)
+    procs[0].wait(timeout=20)
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+  for p in procs:
+    p.communicate()
+  done_before = len((workdir / "metrics.jsonl").read_text().splitlines())
+  assert 2 <= done_before < 5
+  rows = _train(data, workdir, 5, devices=2, processes=2)  # the same command on both: resumes
+  assert [r["epoch"] for r in rows] == list(range(5))
+  assert json.loads((workdir / "results.json").read_text())["epochs_run"] == 5
 
 
 def test_pmap_refuses_devices_of_other_processes():
