@@ -1,7 +1,8 @@
 """Recommendations for live sessions from a trained workdir (any backbone, bare or LLM4SBR).
 
-`load_run` reads a training workdir: `results.json` (the run's config, dataset fingerprint, best validation epoch),
-the orbax checkpoint of the chosen epoch (read-only; the best one by default) and the processed dataset.
+`load_run` reads a training workdir: `results.json` or, while it trains, `run.json` (the run's config, dataset
+fingerprint; the best validation epoch so far from `metrics.jsonl`), the orbax checkpoint of the chosen epoch
+(read-only; the best one by default) and the processed dataset.
 `Recommender` turns sessions given as raw item ids or item names (`Catalog`) into top-K items with names and scores:
 
 * the scores are the offline evaluation's (`task.terms(params, batch, train=False)`, the function the evaluation
@@ -86,21 +87,26 @@ def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except OSError as e:
-    raise ServingError(f"{path}: cannot read ({e.strerror}); is this a finished training workdir?") from e
+    raise ServingError(f"{path}: cannot read ({e.strerror}); is this a training workdir?") from e
   except json.JSONDecodeError as e:
     raise ServingError(f"{path}: not valid JSON ({e})") from e
 
 
 def best_epoch(workdir: str, results: dict) -> int:
-  """The epoch `train.py` selected: best validation `select_metric` (best test metric without a validation split)."""
-  if "selected" in results:
-    return int(results["selected"]["epoch"])
+  """The epoch `train.py` selects: best validation `select_metric` (best test metric without a validation split);
+  from the epoch history when training went on after `results` (a run still training, or extended)."""
   path = os.path.join(workdir, "metrics.jsonl")
   try:
     with open(path, encoding="utf-8") as f:
       history = [json.loads(line) for line in f if line.strip()]
-  except (OSError, json.JSONDecodeError) as e:
+  except OSError:
+    history = None
+  except json.JSONDecodeError as e:
     raise ServingError(f"{path}: cannot read the epoch history ({e})") from e
+  if "selected" in results and (history is None or results.get("epochs_run") == len(history)):
+    return int(results["selected"]["epoch"])
+  if history is None:
+    raise ServingError(f"{path}: cannot read the epoch history")
   split, metric = results["selection_split"], results["config"]["select_metric"]
   if not history:
     raise ServingError(f"{path}: no finished epoch")
@@ -115,7 +121,7 @@ def _resolve_dir(path: str, what: str, flag: str) -> str:
 
 def load_run(workdir: str, epoch: str | int = "best", dataset_dir: Optional[str] = None,
              stage1_dir: Optional[str] = None) -> Run:
-  """Loads a finished training workdir without writing into it.
+  """Loads a training workdir (finished, or still training: `run.json` and the kept checkpoints) without writing.
 
   Args:
     workdir: a directory written by `train.train_and_evaluate` (results.json, metrics.jsonl, checkpoints/).
@@ -126,7 +132,10 @@ def load_run(workdir: str, epoch: str | int = "best", dataset_dir: Optional[str]
   Raises:
     ServingError: a missing or unfinished workdir, a checkpoint that is not kept, another dataset.
   """
-  results = _read_json(os.path.join(workdir, "results.json"))
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path) and os.path.exists(os.path.join(workdir, train.RUN_FILE)):
+    path = os.path.join(workdir, train.RUN_FILE)  # still training (or stopped before its end): the run's start
+  results = _read_json(path)
   config = ml_collections.ConfigDict(results["config"])
   config.dataset_dir = _resolve_dir(dataset_dir or config.dataset_dir, "dataset_dir", "--dataset_dir")
   if config.llm4sbr and config.perspectives:

@@ -1,7 +1,8 @@
 """Training and evaluation loop: epochs, evaluation, early stopping, checkpoints, resume, logs and results.
 
-Outputs in the workdir: `metrics.jsonl` (one line per epoch), `results.json`, `curves.png`, `test_ranks.npy` (the
-rank of every test target at the best validation epoch, for paired significance tests), orbax checkpoints under
+Outputs in the workdir: `run.json` (config and dataset, at the start), `metrics.jsonl` (one line per epoch),
+`results.json`, `curves.png`, `test_ranks.npy` (the rank of every test target at the best validation epoch, for
+paired significance tests), orbax checkpoints under
 `checkpoints/` (the last two epochs, and the selected one, which `serving.py` loads). Rerunning the same command
 resumes from the latest checkpoint; `metrics.jsonl` is rewritten from the checkpoint's history so a kill never
 duplicates or drops an epoch line.
@@ -41,6 +42,7 @@ class DivergedError(RuntimeError):
 
 # What a launcher reports in one line, without a traceback (a stage-1 dir of another dataset, an unknown backbone).
 EXPECTED_ERRORS = (dataset_lib.DatasetError, intents.IntentsError, registry.ConfigError, DivergedError)
+RUN_FILE = "run.json"  # written when training starts: the config and dataset (serving a run still training)
 RANKS_FILE = "test_ranks.npy"  # int32 [test samples]: 1-based target ranks at the selected (best validation) epoch
 PAPER_NOTE = ("paper protocol: each metric's best value over epochs on the TEST split, chosen separately "
               "(as the official SR-GNN / LLM4SBR code reports); optimistic, not a model-selection result")
@@ -201,6 +203,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     log.info("resumed from %s after epoch %d", manager.directory, manager.latest_step())
   history = meta["history"]
   if primary:
+    _write_json(os.path.join(workdir, RUN_FILE), {
+        "dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": model_label(config),
+        "selection_split": select_split, "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
     _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
   state = exp.runner.replicate(host_state)
   setup_seconds = time.perf_counter() - t0
@@ -242,11 +247,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                   "test_ranks": RANKS_FILE if os.path.exists(os.path.join(workdir, RANKS_FILE)) else None,
                   "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
   if primary:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    _write_json(os.path.join(workdir, "results.json"), results)
     plotting.plot_curves(history, os.path.join(workdir, "curves.png"),
                          title=f"{model_label(config)} on {exp.dataset.name}")
   return results
+
+
+def _write_json(path: str, value: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:

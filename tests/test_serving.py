@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -221,6 +222,22 @@ def test_workdir_errors(runs, tmp_path):
   shutil.rmtree(work / "checkpoints")
   with pytest.raises(serving.ServingError, match="checkpoints: no checkpoint"):
     serving.load_run(str(work))
+
+
+def test_a_run_still_training_is_served_from_its_best_epoch_so_far(runs, tmp_path):
+  """Before results.json exists (run.json is written when training starts), and after an extension that results.json
+  does not know of yet, the best epoch comes from metrics.jsonl."""
+  work = tmp_path / "training"
+  shutil.copytree(runs["llm4sbr"], work)
+  history = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+  first_best = int(max(history, key=lambda h: h["valid"]["hr@20"])["epoch"])
+  (work / "results.json").unlink()
+  run = serving.load_run(str(work))
+  assert run.epoch == first_best and run.label == "LLM4SBR(SR-GNN)"
+  stale = json.loads((Path(runs["llm4sbr"]) / "results.json").read_text())
+  stale["epochs_run"], stale["selected"]["epoch"] = 1, 1 - first_best  # written before the last epoch existed
+  (work / "results.json").write_text(json.dumps(stale))
+  assert serving.best_epoch(str(work), stale) == first_best
 
 
 def test_recommend_launcher_errors_are_one_line(runs):
