@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from llm4sbr_jax import scoring
@@ -247,6 +248,10 @@ class Runner:
     """Replicated pytree -> host numpy pytree (split tables whole again, without their padding rows)."""
     if self.mode == "pmap":
       tree = jax.tree_util.tree_map(lambda x: x[0], tree)
+    if jax.process_count() > 1:  # split tables span other processes' devices: gather their rows here
+      whole = lambda x: (multihost_utils.process_allgather(x, tiled=True)
+                         if isinstance(x, jax.Array) and not x.is_fully_replicated else x)
+      tree = jax.tree_util.tree_map(whole, tree)
     tree = jax.device_get(tree)
     if not self._rows:
       return tree

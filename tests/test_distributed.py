@@ -71,6 +71,11 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
     np.testing.assert_allclose(_numbers(a), _numbers(b), rtol=1e-5, atol=1e-5)
   results = json.loads((tmp_path / "two" / "results.json").read_text())
   assert results["epochs_run"] == 2 and (tmp_path / "two" / "curves.png").exists()
+  # The item table split over the 4 devices of both processes, each scoring its own rows: still the same run.
+  split = _train(data, tmp_path / "split", 2, devices=2, processes=2,
+                 extra=("--config.shard_items=True", "--config.shard_scores=True"))
+  for a, b in zip(one, split):
+    np.testing.assert_allclose(_numbers(a), _numbers(b), rtol=1e-5, atol=1e-5)
 
 
 def test_kill_minus_nine_of_one_process_then_rerun_both_finishes_with_every_epoch_once(tmp_path):
