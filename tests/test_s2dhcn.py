@@ -147,15 +147,16 @@ def test_line_graph_of_identical_and_repeated_sessions():
 
 
 def test_ssl_term_stays_finite_when_the_sigmoids_saturate():
-  """Scores of +-30 saturate float32 sigmoids: every term is at most -log(1e-8), as in the official code (the
-  grouping (1e-8 + 1) - sigmoid gave log(0) here)."""
+  """Scores of +-36 saturate float32 sigmoids: every term stays at most -log(1e-8), eagerly and jitted (XLA folds
+  `1e-8 + (1 - s)` into `(1e-8 + 1) - s`, which is 0 once s rounds to 1: a Beauty run's loss went NaN so)."""
   theta = jnp.array([[6.0, 0.0], [0.0, 6.0], [-6.0, 0.0]])  # pos = 36; neg pairs of +-36 or 0
   rows, cols = jnp.array([1, 2, 0]), jnp.array([0, 1])
   for sign in (1.0, -1.0):
-    total, count = s2dhcn.ssl_terms(theta, sign * theta, rows, cols, jnp.ones(3, bool))
-    assert count == 3 and np.isfinite(float(total)) and 0 < float(total) <= 6 * -np.log(1e-8) + 1e-3
-    grad = jax.grad(lambda t, s=sign: s2dhcn.ssl_terms(t, s * t, rows, cols, jnp.ones(3, bool))[0])(theta)
-    assert np.isfinite(np.asarray(grad)).all()
+    loss = lambda t, s=sign: s2dhcn.ssl_terms(t, s * t, rows, cols, jnp.ones(3, bool))[0]
+    for fn in (loss, jax.jit(loss)):
+      total = float(fn(theta))
+      assert np.isfinite(total) and 0 < total <= 6 * -np.log(1e-8) + 1e-3
+      assert np.isfinite(np.asarray(jax.jit(jax.grad(fn))(theta))).all()
 
 
 def test_trains_on_a_dataset_smaller_than_one_batch(tmp_path):

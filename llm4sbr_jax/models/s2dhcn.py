@@ -27,7 +27,10 @@ Line-graph channel and self-supervision (training only, as official; `loss` coll
     embeddings over the session's clicks, **detached** from E as in the official code (stop_gradient);
   * `pos = theta_h . theta_l`, `neg = theta_l . corrupt(theta_h)` with corrupt = a random row permutation among the
     batch's real sessions, then a random column permutation, both from the step key (`make_rng('dropout')`);
-    `ssl = sum_b -log(1e-8 + sigmoid(pos)) - log(1e-8 + (1 - sigmoid(neg)))` (each term at most -log 1e-8 = 18.4);
+    `ssl = sum_b -log(1e-8 + sigmoid(pos)) - log(1e-8 + (1 - sigmoid(neg)))`, with 1 - sigmoid(neg) computed as
+    sigmoid(-neg) (quirk fixed on purpose: XLA's constant folding of the official form gives log(0) = -inf once
+    the sigmoid saturates in float32; the official float32 value there is -log(1e-8); ours is finite too and differs
+    only where neg > ~17);
   * the term is reported as (sum, count) and weighted `beta x batch_size` by the registry, so the objective is the
     official `CE + beta * sum` for a full batch and scales with the real count for a short one.
 Under data parallelism each device builds the line graph and the corruption of its own shard only (like the
@@ -182,9 +185,10 @@ def ssl_terms(theta_h: jax.Array, theta_l: jax.Array, rows: jax.Array, cols: jax
   """The official contrastive loss summed over the real sessions, and their count."""
   pos = jnp.sum(theta_h * theta_l, -1)  # [G]
   neg = jnp.sum(theta_l * theta_h[rows][:, cols], -1)  # [G]
-  # 1e-8 + (1 - sigmoid) as the official code groups it: (1e-8 + 1) - sigmoid rounds to 0 in float32 once sigmoid
-  # does, and the log's -inf turned a Beauty run's loss into NaN at epoch 6.
-  per = -jnp.log(1e-8 + jax.nn.sigmoid(pos)) - jnp.log(1e-8 + (1.0 - jax.nn.sigmoid(neg)))
+  # 1 - sigmoid(neg) as sigmoid(-neg): XLA folds the official `1e-8 + (1 - sigmoid(neg))` into
+  # `(1e-8 + 1) - sigmoid(neg)`, which is 0 in float32 once the sigmoid rounds to 1 (neg > ~17): log(0) made a
+  # Beauty run's loss NaN at epoch 6. Equal in exact arithmetic; finite (at most -log 1e-8) always.
+  per = -jnp.log(1e-8 + jax.nn.sigmoid(pos)) - jnp.log(1e-8 + jax.nn.sigmoid(-neg))
   mask = graph_mask.astype(per.dtype)
   return jnp.sum(per * mask), jnp.sum(mask)
 
