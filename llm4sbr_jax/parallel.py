@@ -110,26 +110,17 @@ def _call_terms(terms_fn: TermsFn, params: Any, view: bool, *args: Any):
                     "backbones that look items up and score them support it; use shard_scores=False") from e
 
 
-def _sum_grads(grads: Any, rows: Optional[Any], num_devices: int, view: bool) -> Any:
-  """psum of every gradient; a split table's is reduce-scattered instead (each device keeps the sum of its rows),
-  or with `view` kept as it is (the collectives' transposes already summed it)."""
+def _sum_grads(grads: Any, rows: Optional[Any]) -> Any:
+  """psum of every gradient but a split table's: differentiating through `_model_tables` already reduce-scattered
+  it (the transpose of the all-gather) or left it complete on its owner (`ShardedTable`'s collectives)."""
   if rows is None:
     return jax.lax.psum(grads, AXIS)
-
-  def one(g, r):
-    if not r:
-      return jax.lax.psum(g, AXIS)
-    if view:
-      return g
-    g = jnp.pad(g, ((0, -r % num_devices),) + ((0, 0),) * (g.ndim - 1))
-    return jax.lax.psum_scatter(g, AXIS, scatter_dimension=0, tiled=True)
-
-  return jax.tree_util.tree_map(one, grads, rows)
+  return jax.tree_util.tree_map(lambda g, r: g if r else jax.lax.psum(g, AXIS), grads, rows)
 
 
 def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms_fn: TermsFn,
                           spec: Mapping[str, tuple[float, bool]], tx: optax.GradientTransformation, seed: int = 0,
-                          rows: Optional[Any] = None, num_devices: int = 1, view: bool = False
+                          rows: Optional[Any] = None, view: bool = False
                           ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's shard; gradients and reports are summed over AXIS.
 
@@ -140,14 +131,11 @@ def per_device_train_step(state: TrainState, batch: Any, lr: jax.Array, *, terms
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
   def objective(params):
-    _, terms = _call_terms(terms_fn, params, view, batch, True, rng)
+    _, terms = _call_terms(terms_fn, _model_tables(params, rows, view), view, batch, True, rng)
     return _objective_and_report(terms, spec)
 
-  if view:
-    grads, report = jax.grad(lambda p: objective(_model_tables(p, rows, True)), has_aux=True)(state.params)
-  else:
-    grads, report = jax.grad(objective, has_aux=True)(_model_tables(state.params, rows, False))
-  grads = _sum_grads(grads, rows, num_devices, view)
+  grads, report = jax.grad(objective, has_aux=True)(state.params)
+  grads = _sum_grads(grads, rows)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
   return TrainState(params, opt_state, state.step + 1), report
@@ -195,7 +183,7 @@ class Runner:
     self._in_flight: collections.deque = collections.deque()
     self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
     self._train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx, seed=seed,
-                                    num_devices=self.num_devices, view=shard_scores)
+                                    view=shard_scores)
     self._evaluate = functools.partial(per_device_eval_step, terms_fn=terms_fn, metrics_fn=metrics_fn,
                                        per_sample_fn=per_sample_fn, view=shard_scores)
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
