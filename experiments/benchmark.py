@@ -189,8 +189,9 @@ def measure_torch(shape, backbone):
 
 
 def _table(results):
-  lines = ["| backbone | shape | framework | train sess/s | eval sess/s | compile / first step (s) | host build (s) | "
-           "peak RSS (MB) | step temp (MB) | device peak (MB) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| backbone | shape | framework | train sess/s | train step (ms) | eval sess/s | compile / first step (s) | "
+           "host build (s) | peak RSS (MB) | step temp (MB) | device peak (MB) |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   mb = lambda v: "" if v is None else f"{v:.0f}"
   for key, r in results.items():
     backbone, shape = key.rsplit(":", 1)
@@ -200,10 +201,11 @@ def _table(results):
         first = m.get("compile_train_s", m.get("first_step_s"))
         build = f"{m['task_build_s']:.2f}" if "task_build_s" in m else ""
         lines.append(f"| {backbone} | {shape} | {fw} | {m['train_sessions_per_s']:.0f} | "
+                     f"{1000.0 * BATCH / m['train_sessions_per_s']:.1f} | "
                      f"{m['eval_sessions_per_s']:.0f} | {first:.2f} | {build} | {m['peak_rss_mb']:.0f} | "
                      f"{mb(m.get('train_step_temp_mb'))} | {mb(m.get('device_peak_mb'))} |")
     if "jax" in r and "torch" in r:
-      lines.append(f"| {backbone} | {shape} | **jax / torch** | **{r['train_ratio']:.1f}x** | "
+      lines.append(f"| {backbone} | {shape} | **jax / torch** | **{r['train_ratio']:.1f}x** | | "
                    f"**{r['eval_ratio']:.1f}x** | | | | | |")
   return "\n".join(lines)
 
