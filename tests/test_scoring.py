@@ -79,7 +79,7 @@ def _row_sharded(session, items, targets, mask):
   rows, per = items.shape[0], -(-items.shape[0] // 4)
   padded = jnp.pad(items, ((0, 4 * per - rows), (0, 0)))
   mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
-  spec = jax.sharding.PartitionSpec("data")
+  spec = P("data")
 
   def per_device(session, shard, targets, mask):
     table = scoring.ShardedTable(shard, rows, "data")
@@ -97,13 +97,12 @@ def _row_sharded(session, items, targets, mask):
   return value, (d_session, d_padded[:rows]), ranks
 
 
-
 def test_row_sharded_scores_equal_the_full_scores_with_ties_and_padding():
   """shard_scores over 4 devices: loss, gradients and ranks equal the full [G, n] path (targets on the first and
   last device, an exact tie across devices, padding rows of the batch and of the table)."""
   session, items, targets = _inputs(g=12, n=101)  # 102 rows: padded to 104, 26 a device
-  targets = targets.at[0].set(1).at[1].set(101)  # first and last item (devices 0 and 3)
-  items = items.at[60].set(items[targets[2]])  # another item with exactly a target's embedding, on another device
+  targets = targets.at[0].set(1).at[1].set(101).at[2].set(5)  # first and last item (devices 0 and 3)
+  items = items.at[60].set(items[5])  # item 60 (device 2) ties target item 5 (device 0) exactly
   mask = jnp.arange(12) % 4 != 3  # three padding rows
   value, grads, ranks = _row_sharded(session, items, targets, mask)
 
