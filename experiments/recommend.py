@@ -135,7 +135,7 @@ def main(argv):
       _verify(build_recommender(run, live, serving.DEFAULT_BUCKETS), _VERIFY_SPLIT.value)
       return
     given = [[t.strip() for t in s.split(_SEP.value) if t.strip()] for s in _SESSION.value]
-    max_length = _MAX_LENGTH.value or serving.longest_prefix(run.dataset)
+    max_length = _MAX_LENGTH.value or run.dataset.longest_prefix
     sessions = serving.Catalog(run.dataset).resolve(given, max_length, "--session") if given else []
     split = run.dataset.splits.get(_SPLIT.value)
     if _INDEX.value and (split is None or not len(split)):

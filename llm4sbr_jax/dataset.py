@@ -139,6 +139,12 @@ class ProcessedDataset:
   def fingerprint(self) -> str:
     return fingerprint(self)
 
+  @property
+  def longest_prefix(self) -> int:
+    """The longest prefix of any split (1 for a dataset without samples): the session length its models are built
+    for (position tables, serving's longest session)."""
+    return max((int(s.lengths.max()) for s in self.splits.values() if len(s)), default=1)
+
 
 def fingerprint(ds: ProcessedDataset) -> str:
   """sha256 over items, split arrays and protocol (hex)."""

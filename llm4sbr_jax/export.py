@@ -142,7 +142,6 @@ def _write_tsv(path: str, header: tuple[str, ...], rows) -> str:
 
 def recbole_config(ds: ProcessedDataset, token: str, split_names: list[str]) -> str:
   """RecBole settings (YAML) that run a sequential model on the exported split files."""
-  longest = max((int(s.lengths.max()) for s in ds.splits.values() if len(s)), default=1)
   return "\n".join([
       f"# RecBole settings for {token} (written by experiments/export_data.py from dataset fingerprint "
       f"{ds.fingerprint[:12]}): our exact split, one sample per row; RecBole neither filters nor re-splits it.",
@@ -152,7 +151,7 @@ def recbole_config(ds: ProcessedDataset, token: str, split_names: list[str]) -> 
       "load_col: ~",
       f"benchmark_filename: [{', '.join(split_names)}]",
       "alias_of_item_id: [item_id_list]",
-      f"MAX_ITEM_LIST_LENGTH: {longest}  # the longest prefix, so that no prefix is cut",
+      f"MAX_ITEM_LIST_LENGTH: {ds.longest_prefix}  # the longest prefix, so that no prefix is cut",
       "train_neg_sample_args: ~  # full softmax (CE loss), as the session-based backbones train",
       "metrics: [Hit, MRR, NDCG]  # every test row is one sample: Hit@k is our HR@k",
       "topk: [5, 10, 20]",

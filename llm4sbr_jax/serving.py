@@ -178,11 +178,6 @@ def template_batch(task: tasks.Task, budget: graphs_lib.Budget) -> graphs_lib.Se
   return graphs_lib.pack(graphs_lib.build_session_graphs(one), np.zeros(0, np.int64), budget, side, task.node_tables)
 
 
-def longest_prefix(ds: dataset_lib.ProcessedDataset) -> int:
-  """The longest prefix of any split: the session length every model of this dataset was built for."""
-  return max(int(s.lengths.max()) for s in ds.splits.values() if len(s))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The catalog: raw ids and names -> item ids.
 
@@ -390,7 +385,7 @@ class Scorer:
   def __init__(self, run: Run, buckets: Sequence[int] = DEFAULT_BUCKETS, max_length: Optional[int] = None,
                max_k: int = DEFAULT_MAX_K):
     self.task, self.num_items = run.task, run.dataset.num_items
-    limit = longest_prefix(run.dataset)
+    limit = run.dataset.longest_prefix
     self.max_length = max_length or limit
     if not 1 <= self.max_length <= limit:
       raise ServingError(f"max_length {self.max_length}: must lie in 1..{limit} (the longest session this "

@@ -52,10 +52,6 @@ def _gcegnn_tables(config: Any, dataset: ProcessedDataset) -> Mapping[str, np.nd
   return gcegnn.hop_tables(*sampled, c.hop)
 
 
-def _longest_prefix(dataset: ProcessedDataset) -> int:
-  return max((int(s.lengths.max()) for s in dataset.splits.values() if len(s)), default=1)
-
-
 BACKBONES: dict[str, BackboneSpec] = {
     "srgnn": BackboneSpec(
         "SR-GNN", lambda c, ds: srgnn.SRGNN(ds.num_items, c.hidden, c.gnn_steps, name="backbone"),
@@ -66,7 +62,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         paper={"beauty": {"bare": (15.23, 3.97), "llm4sbr": (16.76, 5.05)}}),
     "gcegnn": BackboneSpec(
         "GCE-GNN", lambda c, ds: gcegnn.GCEGNN(
-            ds.num_items, c.hidden, positions=max(gcegnn.OFFICIAL_POSITIONS, _longest_prefix(ds)), hop=c.gcegnn.hop,
+            ds.num_items, c.hidden, positions=max(gcegnn.OFFICIAL_POSITIONS, ds.longest_prefix), hop=c.gcegnn.hop,
             sample_num=c.gcegnn.sample_num, dropout_local=c.gcegnn.dropout_local,
             dropout_global=c.gcegnn.dropout_global, dropout_gcn=c.gcegnn.dropout_gcn, name="backbone"),
         node_tables=_gcegnn_tables, official={"patience": 3},
@@ -74,7 +70,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "s2dhcn": BackboneSpec(
         "S2-DHCN", lambda c, ds: s2dhcn.S2DHCN(
             ds.num_items, s2dhcn.build_hypergraph(ds.splits["train"], ds.num_items, c.s2dhcn.form), c.hidden,
-            layers=c.s2dhcn.layers, positions=max(gcegnn.OFFICIAL_POSITIONS, _longest_prefix(ds)), name="backbone"),
+            layers=c.s2dhcn.layers, positions=max(gcegnn.OFFICIAL_POSITIONS, ds.longest_prefix), name="backbone"),
         losses=lambda c: {"ssl": c.s2dhcn.beta * c.batch_size},  # beta x the official batch SUM
         official={"weight_decay": 0.0, "lr_decay": 1.0},  # Adam without L2 or schedule
         paper={"beauty": {"bare": (17.54, 3.99), "llm4sbr": (17.48, 5.15)}}),
