@@ -312,13 +312,19 @@ def localized_intents(stage1_dir: str, dataset: dataset_lib.ProcessedDataset, sp
       if cache:
         _save_cache(path, loc)
     out[:, k] = loc[pos]
-    named = s1.named_items(split, p)[pos]
-    hit = named > 0
-    if hit.any():
-      out[hit, k] = s1.item_embeddings()[named[hit]]
+    hits = use_named_items(out[:, k], s1.named_items(split, p)[pos], s1.item_embeddings())
+    if hits:
       _LOG.info("%s %s: %d of %d answers name an item by its id; their intent is that item's embedding", split, p,
-                int(hit.sum()), len(hit))
+                hits, len(pos))
   return out
+
+
+def use_named_items(localized: np.ndarray, named: np.ndarray, item_embeddings: np.ndarray) -> int:
+  """Sets the intent of every answer that names an item by its id (`named` > 0, same leading shape as `localized`
+  [..., d]) to that item's embedding, in place (module docstring); returns how many did."""
+  hit = named > 0
+  localized[hit] = item_embeddings[named[hit]]
+  return int(hit.sum())
 
 
 ITEM_TEXT_PERSPECTIVES = ("long-term", "short-term")

@@ -311,7 +311,7 @@ class LLMIntents:
     answers, emb, named = self.answerer.answer(names, raw_ids, self.perspectives)
     emb, named = np.asarray(emb, np.float32), np.asarray(named, np.int64)
     vectors = top_f(emb, self.items, self.f)[2] if self.f else emb.copy()
-    vectors[named > 0] = self.items[named[named > 0]]
+    intents_lib.use_named_items(vectors, named, self.items)
     return LiveIntents(vectors, emb, answers, named)
 
 
