@@ -1,11 +1,11 @@
 """Training and evaluation loop: epochs, evaluation, early stopping, checkpoints, resume, logs and results.
 
 Outputs in the workdir: `run.json` (config and dataset, at the start), `metrics.jsonl` (one line per epoch),
-`results.json`, `curves.png`, `test_ranks.npy` (the rank of every test target at the best validation epoch, for
-paired significance tests), orbax checkpoints under
-`checkpoints/` (the last two epochs, and the selected one, which `serving.py` loads). Rerunning the same command
-resumes from the latest checkpoint; `metrics.jsonl` is rewritten from the checkpoint's history so a kill never
-duplicates or drops an epoch line.
+`results.json` (`run.json`'s fields plus the metrics), `curves.png`, `test_ranks.npy` (the rank of every test target
+at the best validation epoch, for paired significance tests), orbax checkpoints under `checkpoints/` (the last two
+epochs, and the selected one, which `serving.py` loads). Rerunning the same command resumes from the latest
+checkpoint; `metrics.jsonl` is rewritten from the checkpoint's history so a kill never duplicates or drops an epoch
+line.
 
 Multi-process runs (`jax.distributed` initialised by the launcher): one mesh over every process's devices, each
 process packs only its devices' part of every global batch, all of them save and restore the checkpoints together
@@ -202,10 +202,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                        f"{config.dataset_dir} is {exp.dataset.fingerprint[:12]}; use a new --workdir")
     log.info("resumed from %s after epoch %d", manager.directory, manager.latest_step())
   history = meta["history"]
+  run = {"dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": model_label(config),
+         "selection_split": select_split, "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)}
   if primary:
-    _write_json(os.path.join(workdir, RUN_FILE), {
-        "dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": model_label(config),
-        "selection_split": select_split, "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
+    _write_json(os.path.join(workdir, RUN_FILE), run)
     _write_jsonl(os.path.join(workdir, "metrics.jsonl"), history)
   state = exp.runner.replicate(host_state)
   setup_seconds = time.perf_counter() - t0
@@ -241,11 +241,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     epoch += 1
   manager.close()
   results = summarize(history, config.select_metric)
-  results.update({"dataset": exp.dataset.name, "fingerprint": exp.dataset.fingerprint, "model": model_label(config),
-                  "selection_split": select_split, "stopped_early": meta["bad_epochs"] >= config.patience,
-                  "setup_seconds": setup_seconds, "peak_rss_mb": hostmem.peak_rss_mb(),
-                  "test_ranks": RANKS_FILE if os.path.exists(os.path.join(workdir, RANKS_FILE)) else None,
-                  "config": config.to_dict() if hasattr(config, "to_dict") else dict(config)})
+  results.update({**run, "stopped_early": meta["bad_epochs"] >= config.patience, "setup_seconds": setup_seconds,
+                  "peak_rss_mb": hostmem.peak_rss_mb(),
+                  "test_ranks": RANKS_FILE if os.path.exists(os.path.join(workdir, RANKS_FILE)) else None})
   if primary:
     _write_json(os.path.join(workdir, "results.json"), results)
     plotting.plot_curves(history, os.path.join(workdir, "curves.png"),
@@ -254,15 +252,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
 
 def _write_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
+  dataset_lib.write_atomic(path, json.dumps(value, indent=2).encode("utf-8"))
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
+  dataset_lib.write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
