@@ -104,7 +104,8 @@ def _call_terms(terms_fn: TermsFn, params: Any, view: bool, *args: Any):
   try:
     return terms_fn(params, *args)
   except (TypeError, ValueError) as e:
-    if not view or "shard_scores" in str(e) or "__jax_array__" not in str(e) and "ShardedTable" not in str(e):
+    used_as_array = "__jax_array__" in str(e) or "ShardedTable" in str(e)
+    if not view or "shard_scores" in str(e) or not used_as_array:
       raise
     raise TypeError(f"config.shard_scores: the model used its row-sharded item table as a whole ({e}); only "
                     "backbones that look items up and score them support it; use shard_scores=False") from e
@@ -179,7 +180,7 @@ class Runner:
       raise ValueError("shard_scores needs shard_items (it scores the rows each device holds)")
     self.mode = mode
     self.shard_items = shard_items
-    self._rows: dict[str, int] = {}  # key path -> true rows, for every table leaf stored split (host boundary)
+    self._rows: dict[str, int] = {}  # key path inside the params -> true rows of a table stored split
     self._in_flight: collections.deque = collections.deque()
     self._compiled: dict[str, Any] = {}  # "train" / "eval" -> executable for the run's one batch shape
     self._train = functools.partial(per_device_train_step, terms_fn=terms_fn, spec=spec, tx=tx, seed=seed,
@@ -220,13 +221,13 @@ class Runner:
       return jax.device_put(tree, self._replicated)
     if self._steps is None and isinstance(tree, TrainState):  # the split leaves are known now
       rows = jax.tree_util.tree_map_with_path(lambda p, x: np.shape(x)[0] if _is_table(p) else 0, tree.params)
+      self._rows = {jax.tree_util.keystr(p): r for p, r in jax.tree_util.tree_leaves_with_path(rows) if r}
       specs = jax.tree_util.tree_map_with_path(lambda p, _: P(AXIS) if _is_table(p) else P(), tree)
       self._steps = self._shard_map_steps(specs, rows)
 
     def put(path, x):
       if not _is_table(path):
         return jax.device_put(x, self._replicated)
-      self._rows[jax.tree_util.keystr(path)] = len(x)
       x = np.pad(np.asarray(x), ((0, -len(x) % self.num_devices),) + ((0, 0),) * (np.ndim(x) - 1))
       return jax.device_put(x, self._sharded)
 
@@ -244,9 +245,9 @@ class Runner:
     if not self._rows:
       return tree
 
-    def true_rows(path, x):  # `tree` may be the replicated tree or a part of it (e.g. the params of the state)
+    def true_rows(path, x):  # a table leaf of the params, or of an Adam moment (the same path below `mu` / `nu`)
       key = jax.tree_util.keystr(path)
-      return min((r for k, r in self._rows.items() if k.endswith(key)), default=len(x))
+      return next((r for k, r in self._rows.items() if key.endswith(k)), len(x))
 
     return jax.tree_util.tree_map_with_path(lambda p, x: x[:true_rows(p, x)] if _is_table(p) else x, tree)
 
