@@ -201,7 +201,7 @@ def _table(results):
         first = m.get("compile_train_s", m.get("first_step_s"))
         build = f"{m['task_build_s']:.2f}" if "task_build_s" in m else ""
         lines.append(f"| {backbone} | {shape} | {fw} | {m['train_sessions_per_s']:.0f} | "
-                     f"{1000.0 * BATCH / m['train_sessions_per_s']:.1f} | "
+                     f"{m['train_step_ms']:.1f} | "
                      f"{m['eval_sessions_per_s']:.0f} | {first:.2f} | {build} | {m['peak_rss_mb']:.0f} | "
                      f"{mb(m.get('train_step_temp_mb'))} | {mb(m.get('device_peak_mb'))} |")
     if "jax" in r and "torch" in r:
@@ -233,6 +233,7 @@ def main(argv):
           print(f"FAILED {failed[-1]}\n{proc.stderr[-3000:]}", flush=True)
           continue
         r[fw] = json.loads(line[0][7:])
+        r[fw]["train_step_ms"] = 1000.0 * BATCH / r[fw]["train_sessions_per_s"]
         print(f"{backbone} {shape} {fw}: {r[fw]['train_sessions_per_s']:.0f} train sess/s", flush=True)
       if "jax" in r and "torch" in r:
         r["train_ratio"] = r["jax"]["train_sessions_per_s"] / r["torch"]["train_sessions_per_s"]
@@ -255,13 +256,11 @@ def _plot_scaling(results, path):
   series = {}
   for key, r in results.items():
     if "jax" in r:
-      m = r["jax"]
-      series.setdefault(key.split(":")[0], []).append(
-          (m["num_items"], {**m, "step_ms": 1000.0 * BATCH / m["train_sessions_per_s"]}))
+      series.setdefault(key.split(":")[0], []).append((r["jax"]["num_items"], r["jax"]))
   series = {k: v for k, v in series.items() if len({x for x, _ in v}) > 1}
   if series:
     from llm4sbr_jax import plotting  # pylint: disable=g-import-not-at-top
-    plotting.plot_scaling(series, {"step_ms": "training step (ms)", "peak_rss_mb": "peak RSS (MB)",
+    plotting.plot_scaling(series, {"train_step_ms": "training step (ms)", "peak_rss_mb": "peak RSS (MB)",
                                    "train_step_temp_mb": "XLA step temp memory (MB)"}, str(path),
                           title=f"batch {BATCH}, d {HIDDEN}", xlabel="items in the catalogue")
 

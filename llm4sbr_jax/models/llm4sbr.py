@@ -212,12 +212,10 @@ def cross_entropy(scores: jax.Array, targets: jax.Array, mask: jax.Array) -> tup
   Returns:
     (sum of the negative log-likelihoods over real rows, number of real rows), both float32 scalars.
   """
-  if isinstance(scores, scoring.IMPLICIT):
-    labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, scores.num_items - 1).astype(jnp.int32)  # [G]
-    nll = scoring.nll(scores, labels, mask)  # [G]
-    return jnp.sum(nll), jnp.sum(mask).astype(jnp.float32)
-  labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, scores.shape[-1] - 1).astype(jnp.int32)  # [G]
-  nll = _nll(scores.astype(jnp.float32), labels, mask)  # [G]
+  implicit = isinstance(scores, scoring.IMPLICIT)
+  n = scores.num_items if implicit else scores.shape[-1]
+  labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, n - 1).astype(jnp.int32)  # [G]
+  nll = scoring.nll(scores, labels, mask) if implicit else _nll(scores.astype(jnp.float32), labels, mask)  # [G]
   return jnp.sum(nll), jnp.sum(mask).astype(jnp.float32)
 
 
