@@ -1,4 +1,4 @@
-"""The HTTP front of a `serving.Recommender`: standard-library server threads and one batching worker.
+"""The HTTP front of a `serving.Recommender`: one asyncio event loop for every connection, one model thread.
 
 Endpoints (JSON in and out; see docs/serving.md)::
 
@@ -10,27 +10,33 @@ Endpoints (JSON in and out; see docs/serving.md)::
 A bad request gets a 4xx with {"error": message, "field": where} and never reaches the model: malformed JSON or a
 body that is not an object (400), an unknown field, a wrong type, no session, an empty or too long session, an
 unknown item id or name (with close matches), K out of range (400), a missing or oversized body (411 / 413), an
-unknown path (404) or method (405). Only a failure inside the model answers 500, and the worker goes on.
+unknown path (404) or method (405), a malformed request line or header (400, connection closed), headers over 64 KiB
+(431). Only a failure inside the model answers 500, and the service goes on.
 
-Why the standard library (`http.server.ThreadingHTTPServer`): the model call is the only heavy work and it runs on
-one worker thread anyway (JAX releases the GIL while XLA runs), requests are small JSON, and the service listens on
-loopback by default; an ASGI/WSGI stack (none is installed here) would add dependencies and an event loop without
-making the batched call faster. HTTP/1.1 keep-alive is on, so a client reuses its connection.
+Why asyncio from the standard library: the model call is the only heavy work and runs on one thread whatever the
+front end (XLA releases the GIL); everything else is a little Python per request (read the bytes, parse the JSON,
+resolve the ids, format the answer). A thread per connection (`http.server`) spent most of that CPU on its header
+parser and on 64 threads taking turns at the GIL; one event loop does the same work in one thread with no switching,
+and HTTP/1.1 here is the small subset a JSON API needs (a request line, headers, a Content-Length body, keep-alive,
+pipelining in order). No ASGI/WSGI server is installed here, and none would make the batched call faster.
 
-Batching: handler threads parse and validate a request (resolving names happens there, in parallel with the model)
-and queue it; the worker takes every queued request up to `max_batch` sessions, waits up to `max_wait_ms` after the
-oldest one's arrival for more *only while other requests are being received* (so a lone client never waits), runs
-one `Recommender.score` call (its scorer pads to a compiled bucket) and hands each request the batch; the handler
-formats its own rows (`Recommender.rows`) while the worker runs the next batch.
+Batching: the loop parses and validates a request (resolving names too) and queues it; the batcher task takes every
+queued request up to `max_batch` sessions, waits up to `max_wait_ms` after the oldest one's arrival for more *only
+while other requests are partly received* (so a lone client never waits), and runs one `Recommender.score` call on
+the model thread (its scorer pads to a compiled bucket); requests that arrive meanwhile form the next batch. Each
+request's rows are formatted on the loop while the model thread runs the next batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import dataclasses
-import http.server
+import email.utils
 import json
 import logging
+import socket
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -43,6 +49,12 @@ log = logging.getLogger(__name__)
 
 FIELDS = ("sessions", "k", "explain")
 DEFAULT_K = 20
+MAX_HEADER_BYTES = 1 << 16
+IDLE_TIMEOUT_S = 120.0  # an idle keep-alive connection is closed after this long
+ROUTES = {"/recommend": "POST", "/healthz": "GET"}
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
+           413: "Payload Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 
 
 class HTTPError(Exception):
@@ -83,103 +95,99 @@ def parse_request(body: bytes, rec: serving.Recommender, max_sessions: int) -> t
 
 @dataclasses.dataclass
 class Job:
-  """One queued request."""
+  """One queued request; `answer` gets (the scored batch, where this job's sessions start in it)."""
 
   sessions: list[np.ndarray]
   k: int
   explain: bool
+  answer: asyncio.Future
   arrival: float = dataclasses.field(default_factory=time.monotonic)
-  done: threading.Event = dataclasses.field(default_factory=threading.Event)
-  result: Optional[tuple[serving.Scored, int]] = None  # the batch and where this job's sessions start in it
-  error: Optional[str] = None
 
 
 class Batcher:
-  """A worker thread answering queued jobs in batches of up to `max_batch` sessions."""
+  """Answers queued jobs in batches of up to `max_batch` sessions, one model call at a time on its own thread.
+
+  Lives on the service's event loop: `submit` and `receiving` are called there, `run` is a task there.
+  """
 
   def __init__(self, fn: Callable[[list[np.ndarray], bool], serving.Scored], max_batch: int, max_wait_ms: float,
                max_queue: int = 1024):
     self.fn, self.max_batch, self.max_wait, self.max_queue = fn, max_batch, max_wait_ms / 1000.0, max_queue
-    self._cond = threading.Condition()
     self._queue: collections.deque[Job] = collections.deque()
     self._incoming = 0
-    self._stopped = False
+    self._changed = asyncio.Event()
+    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
     self.batches = collections.Counter()  # sessions per model call -> calls
     self.requests = collections.Counter()  # requests per model call -> calls
-    self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
-    self._thread.start()
 
   def receiving(self, delta: int) -> None:
-    """A handler started (+1) or finished (-1) reading a request: the worker may wait for it."""
-    with self._cond:
-      self._incoming += delta
-      self._cond.notify_all()
+    """A connection started (+1) or finished (-1) receiving a request: the batcher may wait for it."""
+    self._incoming += delta
+    self._changed.set()
 
   def submit(self, job: Job) -> None:
-    with self._cond:
-      if len(self._queue) >= self.max_queue:
-        raise HTTPError(503, f"overloaded: {len(self._queue)} requests queued; retry later")
-      self._queue.append(job)
-      self._cond.notify_all()
+    if len(self._queue) >= self.max_queue:
+      raise HTTPError(503, f"overloaded: {len(self._queue)} requests queued; retry later")
+    self._queue.append(job)
+    self._changed.set()
 
-  def stop(self) -> None:
-    with self._cond:
-      self._stopped = True
-      self._cond.notify_all()
-    self._thread.join(timeout=10)
+  async def _take(self) -> list[Job]:
+    while not self._queue:
+      self._changed.clear()
+      await self._changed.wait()
+    deadline = self._queue[0].arrival + self.max_wait
+    while sum(len(j.sessions) for j in self._queue) < self.max_batch and self._incoming > 0:
+      left = deadline - time.monotonic()
+      if left <= 0:
+        break
+      self._changed.clear()
+      try:
+        await asyncio.wait_for(self._changed.wait(), left)
+      except TimeoutError:
+        break
+    jobs, size = [], 0
+    while self._queue and size + len(self._queue[0].sessions) <= self.max_batch:
+      size += len(self._queue[0].sessions)
+      jobs.append(self._queue.popleft())
+    return jobs
 
-  def _take(self) -> list[Job]:
-    with self._cond:
-      while not self._queue and not self._stopped:
-        self._cond.wait()
-      if self._stopped:
-        return []
-      deadline = self._queue[0].arrival + self.max_wait
-      while (sum(len(j.sessions) for j in self._queue) < self.max_batch and self._incoming > 0
-             and time.monotonic() < deadline):
-        self._cond.wait(max(deadline - time.monotonic(), 0.0))
-      jobs, size = [], 0
-      while self._queue and size + len(self._queue[0].sessions) <= self.max_batch:
-        size += len(self._queue[0].sessions)
-        jobs.append(self._queue.popleft())
-      return jobs
-
-  def _loop(self) -> None:
+  async def run(self) -> None:
+    """The batching task: forever take jobs, score them on the model thread, hand each its part."""
+    loop = asyncio.get_running_loop()
     while True:
-      jobs = self._take()
-      if not jobs:
-        return
+      jobs = await self._take()
       sessions = [s for j in jobs for s in j.sessions]
       self.batches[len(sessions)] += 1
       self.requests[len(jobs)] += 1
       try:
-        scored = self.fn(sessions, any(j.explain for j in jobs))
+        scored = await loop.run_in_executor(self.pool, self.fn, sessions, any(j.explain for j in jobs))
       except Exception as e:  # pylint: disable=broad-except
         log.exception("model call failed")
+        error = HTTPError(500, f"internal error: {type(e).__name__}: {e}")
         for j in jobs:
-          j.error = f"internal error: {type(e).__name__}: {e}"
-          j.done.set()
+          if not j.answer.done():  # not given up on (timeout, closed connection)
+            j.answer.set_exception(error)
         continue
       start = 0
-      for j in jobs:  # each handler formats its own rows, while this thread runs the next batch
-        j.result = (scored, start)
+      for j in jobs:
+        if not j.answer.done():
+          j.answer.set_result((scored, start))
         start += len(j.sessions)
-        j.done.set()
 
 
 class Service:
-  """A `Recommender` behind `ThreadingHTTPServer` + `Batcher`; `serve_forever()` / `close()`."""
+  """A `Recommender` behind an asyncio HTTP/1.1 server + `Batcher`; `serve_forever()` or `start()`, then `close()`."""
 
   def __init__(self, rec: serving.Recommender, host: str = "127.0.0.1", port: int = 8080,
                max_batch: Optional[int] = None, max_wait_ms: float = 2.0, max_queue: int = 1024,
                max_body_bytes: int = 1 << 20, timeout_s: float = 60.0):
-    """Binds the socket and starts the worker (the scorer is already compiled).
+    """Binds the socket (OSError when the address is taken or not local); the scorer is already compiled.
 
     Args:
       rec: the recommender.
-      host, port: where to listen (port 0: any free port, see `port`).
+      host, port: where to listen (port 0: any free port, see `address`).
       max_batch: sessions per model call and per request (default: the largest bucket).
-      max_wait_ms: how long the worker may hold the oldest queued request for others being received.
+      max_wait_ms: how long the batcher may hold the oldest queued request for others being received.
       max_queue: queued requests beyond which new ones get 503.
       max_body_bytes: larger bodies get 413.
       timeout_s: a request not answered in this time gets 503.
@@ -189,16 +197,17 @@ class Service:
     self.max_body, self.timeout = max_body_bytes, timeout_s
     self.served = collections.Counter()  # status code -> responses
     self.batcher = Batcher(rec.score, self.max_batch, max_wait_ms, max_queue)
-    service = self
-
-    class Handler(_Handler):
-      owner = service
-
-    self.server = _Server((host, port), Handler)
+    self.sock = socket.create_server((host, port), backlog=1024)  # many clients may connect at once
+    self.loop = asyncio.new_event_loop()
+    self._stop: Optional[asyncio.Event] = None
+    self._thread: Optional[threading.Thread] = None
+    self._header = {status: f"HTTP/1.1 {status} {reason}\r\nServer: llm4sbr-jax\r\n"
+                    "Content-Type: application/json; charset=utf-8\r\n".encode() for status, reason in REASONS.items()}
+    self._date = (0, b"")  # (second, its Date header line), made once a second
 
   @property
   def address(self) -> tuple[str, int]:
-    return self.server.server_address[:2]
+    return self.sock.getsockname()[:2]
 
   @property
   def url(self) -> str:
@@ -211,131 +220,223 @@ class Service:
             "batch_sizes": {str(k): v for k, v in sorted(self.batcher.batches.items())},
             "requests_per_call": {str(k): v for k, v in sorted(self.batcher.requests.items())}}
 
-  def submit(self, body: bytes) -> Job:
-    """Parses a /recommend body (HTTPError 400 when bad) and queues it."""
-    job = Job(*parse_request(body, self.rec, self.max_batch))
-    self.batcher.submit(job)
-    return job
-
-  def answer(self, job: Job) -> dict[str, Any]:
-    """Waits for a queued job's rows."""
-    if not job.done.wait(self.timeout):
-      raise HTTPError(503, f"not answered within {self.timeout:g} s; retry later")
-    if job.error is not None:
-      raise HTTPError(500, job.error)
-    scored, start = job.result
-    rows = self.rec.rows(scored, start, start + len(job.sessions), job.k, job.explain)
-    return {"model": self.rec.run.label, "k": job.k, "recommendations": rows}
-
-  def serve_forever(self) -> None:
-    self.server.serve_forever(poll_interval=0.2)
-
-  def start(self) -> threading.Thread:
-    """Serves on a background thread (tests, load tests); returns it."""
-    thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
-    thread.start()
-    return thread
-
-  def close(self) -> None:
-    self.server.shutdown()
-    self.server.server_close()
-    self.batcher.stop()
-
-
-class _Server(http.server.ThreadingHTTPServer):
-  """One thread per connection; a listen backlog for many clients connecting at once (the default 5 makes the
-  surplus connects retry after a second or more)."""
-
-  daemon_threads = True
-  request_queue_size = 1024
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-  """Routes /recommend and /healthz; every answer is JSON with a Content-Length (keep-alive)."""
-
-  protocol_version = "HTTP/1.1"
-  disable_nagle_algorithm = True  # headers and body go out as two writes: without this, +40 ms (delayed ACK)
-  server_version = "llm4sbr-jax"
-  timeout = 120  # an idle keep-alive connection is closed after this many seconds
-  owner: Service
-  routes = {"/recommend": "POST", "/healthz": "GET"}
-
-  def log_message(self, format: str, *args: Any) -> None:  # pylint: disable=redefined-builtin
-    log.debug("%s " + format, self.address_string(), *args)
-
-  def _send(self, status: int, payload: dict[str, Any]) -> None:
+  def response(self, status: int, payload: dict[str, Any], close: bool = False) -> bytes:
+    """The bytes of a JSON answer (counted in `served`)."""
+    self.served[status] += 1
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    self.owner.served[status] += 1
-    self.send_response(status)
-    self.send_header("Content-Type", "application/json; charset=utf-8")
-    self.send_header("Content-Length", str(len(body)))
-    if self.close_connection:
-      self.send_header("Connection", "close")
-    self.end_headers()
-    self.wfile.write(body)
+    now = int(time.time())
+    if now != self._date[0]:
+      self._date = (now, f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode())
+    return b"".join((self._header[status], self._date[1], b"Connection: close\r\n" if close else b"",
+                     b"Content-Length: %d\r\n\r\n" % len(body), body))
 
-  def _error(self, e: HTTPError) -> None:
+  def error(self, e: HTTPError, close: bool = False) -> bytes:
     payload = {"error": e.message}
     if e.field:
       payload["field"] = e.field
-    self._send(e.status, payload)
+    return self.response(e.status, payload, close)
 
-  def _route(self, method: str) -> None:
-    path = self.path.split("?", 1)[0]
-    if path not in self.routes:
-      raise HTTPError(404, f"no such path {path!r}; endpoints: POST /recommend, GET /healthz")
-    if self.routes[path] != method:
-      raise HTTPError(405, f"{path} takes {self.routes[path]}, not {method}")
+  async def recommend(self, body: bytes) -> dict[str, Any]:
+    """Parses a /recommend body (HTTPError 400 when bad), queues it and waits for its rows."""
+    sessions, k, explain = parse_request(body, self.rec, self.max_batch)
+    job = Job(sessions, k, explain, self.loop.create_future())
+    self.batcher.submit(job)
+    expiry = self.loop.call_later(self.timeout, _expire, job.answer,
+                                  HTTPError(503, f"not answered within {self.timeout:g} s; retry later"))
+    try:
+      scored, start = await job.answer
+    finally:
+      expiry.cancel()
+    rows = self.rec.rows(scored, start, start + len(sessions), k, explain)
+    return {"model": self.rec.run.label, "k": k, "recommendations": rows}
 
-  def _body(self) -> bytes:
-    length = self.headers.get("Content-Length")
+  async def _serve(self) -> None:
+    self._stop = asyncio.Event()
+    server = await self.loop.create_server(lambda: _Connection(self), sock=self.sock)
+    batcher = self.loop.create_task(self.batcher.run())
+    try:
+      await self._stop.wait()
+    finally:
+      server.close()
+      batcher.cancel()
+
+  def serve_forever(self) -> None:
+    """Serves on this thread until `close()` (from another thread) or KeyboardInterrupt; then closes everything."""
+    asyncio.set_event_loop(self.loop)
+    try:
+      self.loop.run_until_complete(self._serve())
+    finally:
+      tasks = asyncio.all_tasks(self.loop)  # connections' request handlers
+      for task in tasks:
+        task.cancel()
+      self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+      self.batcher.pool.shutdown(wait=True)  # a model call in flight ends
+      self.sock.close()
+      self.loop.close()
+
+  def start(self) -> threading.Thread:
+    """Serves on a background thread (tests, load tests); returns it."""
+    self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+    self._thread.start()
+    return self._thread
+
+  def close(self) -> None:
+    """Stops a service started with `start()` (and frees a service never started); idempotent."""
+    if self._thread is not None:
+      while self._thread.is_alive() and self._stop is None:  # still starting up
+        time.sleep(0.01)
+      if self._thread.is_alive():
+        self.loop.call_soon_threadsafe(self._stop.set)
+      self._thread.join(timeout=30)
+    elif not self.loop.is_closed() and not self.loop.is_running():
+      self.batcher.pool.shutdown(wait=False)
+      self.sock.close()
+      self.loop.close()
+
+
+def _expire(answer: asyncio.Future, error: HTTPError) -> None:
+  if not answer.done():
+    answer.set_exception(error)
+
+
+class _Connection(asyncio.Protocol):
+  """One client connection: reads requests in order (keep-alive, pipelining) and writes each answer."""
+
+  def __init__(self, service: Service):
+    self.service = service
+    self.transport: Optional[asyncio.Transport] = None
+    self.buffer = b""
+    self.partial = False  # part of a request received: the batcher may wait for the rest
+    self.busy = False  # a /recommend answer is pending; later requests stay buffered
+    self.closing = False
+    self.eof = False
+    self.idle: Optional[asyncio.TimerHandle] = None
+
+  def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    self.transport = transport
+    self._arm_idle()
+
+  def connection_lost(self, exc: Optional[Exception]) -> None:
+    self._set_partial(False)
+    if self.idle is not None:
+      self.idle.cancel()
+    self.transport = None
+
+  def data_received(self, data: bytes) -> None:
+    self.buffer += data
+    self._process()
+
+  def eof_received(self) -> bool:
+    """The client is done sending: answer what it sent, then close."""
+    self.eof = True
+    self._process()
+    return True  # keep the transport open for the answers
+
+  def _arm_idle(self) -> None:
+    if self.idle is not None:
+      self.idle.cancel()
+    self.idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self._close)
+
+  def _close(self) -> None:
+    if self.transport is not None:
+      self.transport.close()
+
+  def _set_partial(self, partial: bool) -> None:
+    if partial != self.partial:
+      self.partial = partial
+      self.service.batcher.receiving(+1 if partial else -1)
+
+  def _write(self, data: bytes, close: bool = False) -> None:
+    if self.transport is None or self.transport.is_closing():
+      return
+    self.transport.write(data)
+    self._arm_idle()
+    if close:
+      self.closing = True
+      self.transport.close()
+
+  def _process(self) -> None:
+    """Answers every complete request in the buffer, in order, until one needs the model."""
+    while not self.busy and not self.closing:
+      try:
+        request = self._next_request() if self.buffer else None
+      except HTTPError as e:  # the stream cannot be trusted any more
+        self._set_partial(False)
+        self._write(self.service.error(e, close=True), close=True)
+        return
+      if request is None:
+        if self.eof:  # nothing more will come
+          self._close()
+        self._set_partial(bool(self.buffer) and not self.eof)
+        return
+      self._set_partial(False)
+      method, path, body, close = request
+      try:
+        if path not in ROUTES:
+          raise HTTPError(404, f"no such path {path!r}; endpoints: POST /recommend, GET /healthz")
+        if ROUTES[path] != method:
+          raise HTTPError(405, f"{path} takes {ROUTES[path]}, not {method}")
+        if method == "GET":
+          self._write(self.service.response(200, self.service.health(), close), close)
+          continue
+      except HTTPError as e:
+        answer = self.service.error(e, close)
+        self._write(answer[:answer.index(b"\r\n\r\n") + 4] if method == "HEAD" else answer, close)
+        continue
+      self.busy = True
+      asyncio.get_running_loop().create_task(self._recommend(body, close))
+
+  async def _recommend(self, body: bytes, close: bool) -> None:
+    try:
+      answer = self.service.response(200, await self.service.recommend(body), close)
+    except HTTPError as e:
+      answer = self.service.error(e, close)
+    except Exception as e:  # pylint: disable=broad-except
+      log.exception("request failed")
+      answer = self.service.error(HTTPError(500, f"internal error: {type(e).__name__}: {e}"), close)
+    self._write(answer, close)
+    self.busy = False
+    self._process()
+
+  def _next_request(self) -> Optional[tuple[str, str, bytes, bool]]:
+    """(method, path, body, close after answering) of the first complete request in the buffer, None while it is
+    incomplete; HTTPError for one that cannot be answered on this connection."""
+    end = self.buffer.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES + 4)
+    if end < 0:
+      if len(self.buffer) >= MAX_HEADER_BYTES + 4:
+        raise HTTPError(431, f"request line and headers over {MAX_HEADER_BYTES} bytes")
+      return None
+    lines = self.buffer[:end].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+      raise HTTPError(400, f"malformed request line {lines[0][:100]!r}")
+    method, target, version = parts
+    headers = {}
+    for line in lines[1:]:
+      name, sep, value = line.partition(":")
+      if not sep or not name or name != name.strip():
+        raise HTTPError(400, f"malformed header line {line[:100]!r}")
+      headers[name.lower()] = value.strip()
+    if "transfer-encoding" in headers:
+      raise HTTPError(411, "a Content-Length header is required (no Transfer-Encoding)")
+    length = headers.get("content-length")
     if length is None:
-      self.close_connection = True
-      raise HTTPError(411, "a Content-Length header is required")
+      if method == "POST":
+        raise HTTPError(411, "a Content-Length header is required")
+      length = "0"
     try:
       n = int(length)
     except ValueError:
-      self.close_connection = True
       raise HTTPError(400, f"Content-Length {length!r} is not an integer") from None
-    if n < 0 or n > self.owner.max_body:
-      self.close_connection = True  # the body stays unread
-      raise HTTPError(413, f"body of {n} bytes; at most {self.owner.max_body}")
-    return self.rfile.read(n)
-
-  def _refuse(self) -> None:
-    """Any other method: 405 (the base class would answer 501)."""
-    self._error(HTTPError(405, f"{self.command} is not supported; endpoints: POST /recommend, GET /healthz"))
-
-  do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
-
-  def do_HEAD(self) -> None:  # pylint: disable=invalid-name
-    self.owner.served[405] += 1
-    self.send_response(405)
-    self.send_header("Content-Length", "0")
-    self.end_headers()
-
-  def do_GET(self) -> None:  # pylint: disable=invalid-name
-    try:
-      self._route("GET")
-      self._send(200, self.owner.health())
-    except HTTPError as e:
-      self._error(e)
-
-  def do_POST(self) -> None:  # pylint: disable=invalid-name
-    batcher = self.owner.batcher
-    try:
-      batcher.receiving(+1)
-      try:
-        self._route("POST")
-        job = self.owner.submit(self._body())
-      finally:
-        batcher.receiving(-1)  # queued (or refused): the worker no longer waits for it
-      self._send(200, self.owner.answer(job))
-    except HTTPError as e:
-      self._error(e)
-    except Exception as e:  # pylint: disable=broad-except
-      log.exception("request failed")
-      self._error(HTTPError(500, f"internal error: {type(e).__name__}: {e}"))
+    if n < 0 or n > self.service.max_body:
+      raise HTTPError(413, f"body of {n} bytes; at most {self.service.max_body}")
+    if len(self.buffer) < end + 4 + n:
+      return None
+    body = self.buffer[end + 4:end + 4 + n]
+    self.buffer = self.buffer[end + 4 + n:]
+    connection = headers.get("connection", "").lower()
+    close = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
+    return method, target.split("?", 1)[0], body, close
 
 
 def run_forever(service: Service, announce: Callable[[str], None] = print) -> None:
@@ -345,6 +446,3 @@ def run_forever(service: Service, announce: Callable[[str], None] = print) -> No
     service.serve_forever()
   except KeyboardInterrupt:
     pass
-  finally:
-    service.close()
-

@@ -3,6 +3,7 @@ concurrent requests of varied sizes without a recompile, a model failure answere
 
 import http.client
 import json
+import socket
 import threading
 
 import jax
@@ -120,6 +121,59 @@ def test_protocol_errors(service):
   assert status == 413 and "at most" in out["error"]
   status, health = _request(service, "GET", "/healthz")
   assert status == 200 and "500" not in health["served"]
+
+
+def _raw(service, data: bytes) -> bytes:
+  """Sends raw bytes on a fresh connection and reads until the server closes it or 10 s pass."""
+  with socket.create_connection(service.address, timeout=10) as sock:
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    chunks = []
+    while chunk := sock.recv(65536):
+      chunks.append(chunk)
+  return b"".join(chunks)
+
+
+def _answers(raw: bytes) -> list[tuple[int, dict]]:
+  """(status, JSON body) of every response in a byte stream."""
+  out = []
+  while raw:
+    head, _, raw = raw.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    out.append((int(head.split(b" ")[1]), json.loads(raw[:length])))
+    raw = raw[length:]
+  return out
+
+
+def _post_bytes(body: bytes, version: str = "1.1") -> bytes:
+  return (f"POST /recommend HTTP/{version}\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order(service):
+  bodies = [json.dumps({"sessions": [["3"]] * n, "k": n}).encode() for n in (1, 3, 2)]
+  got = _answers(_raw(service, b"".join(_post_bytes(b) for b in bodies[:2]) + b"GET /healthz HTTP/1.1\r\n\r\n"
+                      + _post_bytes(b"{") + _post_bytes(bodies[2])))
+  assert [status for status, _ in got] == [200, 200, 200, 400, 200]
+  assert [out["k"] for _, out in (got[0], got[1], got[4])] == [1, 3, 2]
+  assert [len(out["recommendations"]) for _, out in (got[0], got[1], got[4])] == [1, 3, 2]
+  assert got[2][1]["status"] == "ok"
+
+
+def test_stream_errors_close_the_connection_and_the_service_stays_up(service):
+  http10 = _raw(service, _post_bytes(b'{"sessions": [["3"]]}', "1.0"))
+  assert http10.startswith(b"HTTP/1.1 200") and b"Connection: close" in http10
+  for data, status, text in [(b"GARBAGE\r\n\r\n", 400, "malformed request line"),
+                             (b"GET /healthz HTTP/1.1\r\nno colon\r\n\r\n", 400, "malformed header"),
+                             (b"POST /recommend HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, "not an integer"),
+                             (b"POST /recommend HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411, "Content"),
+                             (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 70000, 431, "over 65536 bytes")]:
+    got = _answers(_raw(service, data + _post_bytes(b'{"sessions": [["3"]]}')))  # the second request is not read
+    assert len(got) == 1 and got[0][0] == status and text in got[0][1]["error"], (data[:40], got)
+  head = _raw(service, b"HEAD /recommend HTTP/1.1\r\nConnection: close\r\n\r\n")
+  assert head.startswith(b"HTTP/1.1 405") and head.endswith(b"\r\n\r\n")  # headers only
+  with socket.create_connection(service.address, timeout=10) as sock:  # a client leaving mid-body
+    sock.sendall(_post_bytes(b'{"sessions": [["3"]]}')[:-5])
+  assert _post(service, {"sessions": [["3"]], "k": 2})[0] == 200
 
 
 def test_concurrent_varied_requests_batch_without_recompiling(service, rec):
