@@ -271,9 +271,7 @@ class Service:
       for task in tasks:
         task.cancel()
       self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-      self.batcher.pool.shutdown(wait=True)  # a model call in flight ends
-      self.sock.close()
-      self.loop.close()
+      self._release(wait=True)  # a model call in flight ends
 
   def start(self) -> threading.Thread:
     """Serves on a background thread (tests, load tests); returns it."""
@@ -290,9 +288,13 @@ class Service:
         self.loop.call_soon_threadsafe(self._stop.set)
       self._thread.join(timeout=30)
     elif not self.loop.is_closed() and not self.loop.is_running():
-      self.batcher.pool.shutdown(wait=False)
-      self.sock.close()
-      self.loop.close()
+      self._release(wait=False)
+
+  def _release(self, wait: bool) -> None:
+    """Frees the model thread, the socket and the loop."""
+    self.batcher.pool.shutdown(wait=wait)
+    self.sock.close()
+    self.loop.close()
 
 
 def _expire(answer: asyncio.Future, error: HTTPError) -> None:
@@ -309,7 +311,6 @@ class _Connection(asyncio.Protocol):
     self.buffer = b""
     self.partial = False  # part of a request received: the batcher may wait for the rest
     self.busy = False  # a /recommend answer is pending; later requests stay buffered
-    self.closing = False
     self.eof = False
     self.idle: Optional[asyncio.TimerHandle] = None
 
@@ -347,18 +348,23 @@ class _Connection(asyncio.Protocol):
       self.partial = partial
       self.service.batcher.receiving(+1 if partial else -1)
 
+  @property
+  def closed(self) -> bool:
+    """Lost, or closing: nothing more is read from or written to this connection."""
+    return self.transport is None or self.transport.is_closing()
+
   def _write(self, data: bytes, close: bool = False) -> None:
-    if self.transport is None or self.transport.is_closing():
+    if self.closed:
       return
     self.transport.write(data)
     self._arm_idle()
     if close:
-      self.closing = True
       self.transport.close()
 
   def _process(self) -> None:
-    """Answers every complete request in the buffer, in order, until one needs the model."""
-    while not self.busy and not self.closing:
+    """Answers every complete request in the buffer, in order, until one needs the model (none once the connection
+    is closed: a client gone while its answer was computed queues nothing more)."""
+    while not self.busy and not self.closed:
       try:
         request = self._next_request() if self.buffer else None
       except HTTPError as e:  # the stream cannot be trusted any more

@@ -4,7 +4,9 @@ concurrent requests of varied sizes without a recompile, a model failure answere
 import http.client
 import json
 import socket
+import struct
 import threading
+import time
 
 import jax
 import numpy as np
@@ -174,6 +176,29 @@ def test_stream_errors_close_the_connection_and_the_service_stays_up(service):
   with socket.create_connection(service.address, timeout=10) as sock:  # a client leaving mid-body
     sock.sendall(_post_bytes(b'{"sessions": [["3"]]}')[:-5])
   assert _post(service, {"sessions": [["3"]], "k": 2})[0] == 200
+
+
+def test_a_client_gone_mid_answer_queues_nothing_more(rec):
+  svc = http_service.Service(rec, port=0)
+  calls = []
+
+  def slow(sessions, explain):
+    calls.append(len(sessions))
+    time.sleep(0.5)  # the client resets the connection while this call runs
+    return rec.score(sessions, explain)
+
+  svc.batcher.fn = slow
+  svc.start()
+  try:
+    with socket.create_connection(svc.address, timeout=10) as sock:  # two pipelined requests, then a reset
+      sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+      sock.sendall(_post_bytes(b'{"sessions": [["3"]]}') * 2)
+      time.sleep(0.2)  # received; the first one is in its model call
+    time.sleep(1.0)  # the first answer is done; the second would be queued right after it
+    assert calls == [1]
+    assert _post(svc, {"sessions": [["3"]]})[0] == 200
+  finally:
+    svc.close()
 
 
 def test_concurrent_varied_requests_batch_without_recompiling(service, rec):
