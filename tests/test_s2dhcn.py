@@ -10,7 +10,7 @@ import pytest
 
 from conftest import beauty_prefixes
 from experiments.configs import default
-from llm4sbr_jax import dataset, graphs, synthetic, tasks, train
+from llm4sbr_jax import dataset, graphs, sparse_cpu, synthetic, tasks, train
 from llm4sbr_jax.dataset import Split
 from llm4sbr_jax.models import llm4sbr as L
 from llm4sbr_jax.models import s2dhcn
@@ -115,17 +115,31 @@ def test_scores_ssl_and_gradients_match_pytorch_reference_on_real_sessions():
     assert float((p.grad - ours[name].detach()).abs().max()) / scale < 1e-4, name
 
 
-def test_matrix_and_factored_forms_train_alike():
+def test_forms_and_kernels_train_alike():
   ds = synthetic.make_dataset(50, 300, 5.0, 15, seed=2)
   split = ds.splits["train"]
   batch = _packed(split.subset(np.arange(24)))
-  models = [_model(s2dhcn.build_hypergraph(split, 50, f), 50, hidden=16) for f in ("matrix", "factored")]
+  kernels = ("bcsr", "native") if sparse_cpu.available() else ("bcsr",)
+  graphs_ = [s2dhcn.build_hypergraph(split, 50, f, k) for f in ("matrix", "factored") for k in kernels]
+  assert [(h.form, h.kernel) for h in graphs_] == [(f, k) for f in ("matrix", "factored") for k in kernels]
+  models = [_model(h, 50, hidden=16) for h in graphs_]
   params = models[0].init(jax.random.PRNGKey(0), batch)
-  out = [jax.value_and_grad(_objective(m, [None, None]), has_aux=True)(params, batch, jax.random.PRNGKey(1))
+  out = [jax.jit(jax.value_and_grad(_objective(m, [None, None]), has_aux=True))(params, batch, jax.random.PRNGKey(1))
          for m in models]
-  np.testing.assert_allclose(np.asarray(out[0][0][1][0]), np.asarray(out[1][0][1][0]), atol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(out[0][1]), jax.tree_util.tree_leaves(out[1][1])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  for other in out[1:]:
+    np.testing.assert_allclose(np.asarray(out[0][0][1][0]), np.asarray(other[0][1][0]), atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(out[0][1]), jax.tree_util.tree_leaves(other[1])):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_kernel_choice_without_the_native_build(monkeypatch):
+  split = synthetic.make_dataset(20, 40, 4.0, 8, seed=0).splits["train"]
+  monkeypatch.setattr(s2dhcn.sparse_cpu, "available", lambda: False)
+  assert s2dhcn.build_hypergraph(split, 20, "matrix", "auto").kernel == "bcsr"
+  with pytest.raises(RuntimeError, match="kernel='native'"):
+    s2dhcn.build_hypergraph(split, 20, "matrix", "native")
+  with pytest.raises(ValueError, match="config.s2dhcn.kernel"):
+    s2dhcn.build_hypergraph(split, 20, "matrix", "cuda")
 
 
 def test_line_graph_of_identical_and_repeated_sessions():

@@ -4,9 +4,10 @@ The hypergraph (host side, vectorised; backbones.md section 5.2): one hyperedge 
 unique items of its prefix (the augmented training prefixes, as the official `Data(train_data)`; targets are not in
 any hyperedge), weights W = I. `A = D^-1 H B^-1 H^T` with B the hyperedge sizes and D the item degrees; an item in
 no training prefix has an empty row (official: its X_h is E / (L + 1)). Validation and test samples never feed it.
-Two exact ways to apply A inside the jitted step, both as CSR sparse x dense products (`jax.experimental.sparse`:
-one CSR kernel call on CPU, cuSPARSE on GPU) with a hand-written adjoint, so the backward pass runs the same kernel
-on the transposed matrix:
+Two exact ways to apply A inside the jitted step, both as CSR sparse x dense products with a hand-written adjoint, so
+the backward pass runs the same kernel on the transposed matrix. The kernel (`kernel`): on CPU our own
+(`llm4sbr_jax/sparse_cpu.py`, 2.5x faster than the next option on Beauty) where the host can build it, else
+`jax.experimental.sparse` (one CSR kernel call on CPU, cuSPARSE on GPU, always on a non-CPU platform):
   * `matrix`: the symmetric `S = H B^-1 H^T` (the official precomputed n x n product), then `D^-1`; S's non-zeros
     grow with the square of hyperedge sizes (1.85M on Beauty);
   * `factored`: `D^-1 H (B^-1 (H^T X))` through the incidences (1.23M on Beauty, each visited twice per product),
@@ -56,12 +57,14 @@ import numpy as np
 import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
+from llm4sbr_jax import sparse_cpu
 from llm4sbr_jax.dataset import Split
 from llm4sbr_jax.graphs import SessionBatch
 from llm4sbr_jax.models.base import BackboneOutput, uniform_init
 from llm4sbr_jax.models.gcegnn import OFFICIAL_POSITIONS, soft_readout
 
 FORMS = ("auto", "matrix", "factored")
+KERNELS = ("auto", "native", "bcsr")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -76,6 +79,7 @@ class Hypergraph:
     arrays: the form's CSR matrices (and the hyperedge weights B^-1 of the factored form).
     nnz: non-zeros of S (None for the factored form, which does not build it); incidences: non-zeros of H.
     build_seconds: host time to build it.
+    kernel: "native" (`sparse_cpu` on CPU, `jax.experimental.sparse` elsewhere) or "bcsr" (that one everywhere).
   """
 
   form: str
@@ -86,26 +90,36 @@ class Hypergraph:
   nnz: Optional[int]
   incidences: int
   build_seconds: float
+  kernel: str = "bcsr"
 
   def apply(self, x: jax.Array) -> jax.Array:
     """A @ x for x [n, d] (differentiable; the adjoint runs the same CSR kernel on the transposed matrix)."""
-    a = self.arrays
+    a, native = self.arrays, self.kernel == "native"
     if self.form == "matrix":
-      return self.dinv[:, None] * _csr_product(a["s"], a["s"])(x)  # S is symmetric: its own adjoint
-    to_items = _csr_product(a["h"], a["ht"])  # H (n x E), adjoint H^T
-    to_edges = _csr_product(a["ht"], a["h"])  # H^T (E x n), adjoint H
+      return self.dinv[:, None] * _csr_product(a["s"], a["s"], native)(x)  # S is symmetric: its own adjoint
+    to_items = _csr_product(a["h"], a["ht"], native)  # H (n x E), adjoint H^T
+    to_edges = _csr_product(a["ht"], a["h"], native)  # H^T (E x n), adjoint H
     return self.dinv[:, None] * to_items(a["binv"][:, None] * to_edges(x))
 
 
-def _csr_product(matrix: jsparse.BCSR, adjoint: jsparse.BCSR) -> Callable[[jax.Array], jax.Array]:
-  """x -> matrix @ x with `adjoint` (matrix^T) @ g as its VJP, both through the CSR sparse-dense kernel.
+def _matmul(matrix: jsparse.BCSR, native: bool) -> Callable[[jax.Array], jax.Array]:
+  """x -> matrix @ x: `sparse_cpu` when lowered for the CPU (if `native`), else `BCSR @ dense`."""
+  if not native:
+    return lambda x: matrix @ x
+  own = lambda x: sparse_cpu.csr_matmul(matrix.indptr, matrix.indices, matrix.data, x, matrix.shape[0])
+  return lambda x: jax.lax.platform_dependent(x, cpu=own, default=lambda v: matrix @ v)
 
-  On CPU `BCSR @ dense` is one XLA custom call (a CSR kernel, 2.3-2.6x faster than a gather + scatter-add of the
-  entries on Beauty's 1.85M non-zeros x 100 columns), on GPU cuSPARSE; the VJP is written out so that the backward pass
-  uses the same kernel instead of differentiating through the sparse format.
+
+def _csr_product(matrix: jsparse.BCSR, adjoint: jsparse.BCSR, native: bool) -> Callable[[jax.Array], jax.Array]:
+  """x -> matrix @ x with `adjoint` (matrix^T) @ g as its VJP, both through the same CSR sparse-dense kernel.
+
+  `BCSR @ dense` is one XLA custom call on CPU (2.3-2.6x faster than a gather + scatter-add of the entries on
+  Beauty's 1.85M non-zeros x 100 columns; `sparse_cpu` is 2.5x faster again), cuSPARSE on GPU; the VJP is written
+  out so that the backward pass uses the kernel instead of differentiating through the sparse format.
   """
-  op = jax.custom_vjp(lambda x: matrix @ x)
-  op.defvjp(lambda x: (matrix @ x, None), lambda _, g: (adjoint @ g,))
+  forward, backward = _matmul(matrix, native), _matmul(adjoint, native)
+  op = jax.custom_vjp(forward)
+  op.defvjp(lambda x: (forward(x), None), lambda _, g: (backward(g),))
   return op
 
 
@@ -113,10 +127,20 @@ def _csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[in
   return jsparse.BCSR.from_scipy_sparse(sp.csr_matrix((values.astype(np.float32), (rows, cols)), shape=shape))
 
 
-def build_hypergraph(train: Split, num_items: int, form: str = "auto") -> Hypergraph:
-  """The hypergraph of `train`'s prefixes (one hyperedge per sample) in `form` (see the module docstring)."""
+def build_hypergraph(train: Split, num_items: int, form: str = "auto", kernel: str = "auto") -> Hypergraph:
+  """The hypergraph of `train`'s prefixes (one hyperedge per sample) in `form` (see the module docstring).
+
+  `kernel`: "native", "bcsr", or "auto" (native where `sparse_cpu` builds on this CPU host, else bcsr).
+  """
   if form not in FORMS:
     raise ValueError(f"config.s2dhcn.form: expected one of {FORMS}, got {form!r}")
+  if kernel not in KERNELS:
+    raise ValueError(f"config.s2dhcn.kernel: expected one of {KERNELS}, got {kernel!r}")
+  if kernel == "auto":
+    kernel = "native" if sparse_cpu.available() else "bcsr"
+  elif kernel == "native" and jax.default_backend() == "cpu" and not sparse_cpu.available():
+    raise RuntimeError("config.s2dhcn.kernel='native': the CPU kernel could not be built (see the warning above); "
+                       "use 'auto' or 'bcsr'")
   start = time.perf_counter()
   items = np.asarray(train.items, np.int64)
   num_edges = len(train)
@@ -140,7 +164,7 @@ def build_hypergraph(train: Split, num_items: int, form: str = "auto") -> Hyperg
     arrays = {"ht": _csr(e_edge, e_item, ones, (num_edges, num_items)),
               "h": _csr(e_item, e_edge, ones, (num_items, num_edges)), "binv": binv.astype(np.float32)}
   return Hypergraph(form, num_items, num_edges, dinv, arrays, None if s is None else int(s.nnz), int(len(keys)),
-                    time.perf_counter() - start)
+                    time.perf_counter() - start, kernel)
 
 
 def layer_mean(x: jax.Array, propagate: Callable[[jax.Array], jax.Array], layers: int) -> jax.Array:
