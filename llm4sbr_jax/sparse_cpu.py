@@ -28,6 +28,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,19 @@ def available() -> bool:
   return True
 
 
+def _check_structure(indptr: np.ndarray, indices: np.ndarray, n_cols: int) -> None:
+  if indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+    raise ValueError(f"csr_matmul: indptr must rise from 0 to nnz = {len(indices)}")
+  if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+    raise ValueError(f"csr_matmul: column indices must lie in [0, {n_cols}), got [{indices.min()}, {indices.max()}]")
+
+
 def csr_matmul(indptr: jax.Array, indices: jax.Array, data: jax.Array, x: jax.Array, n_rows: int) -> jax.Array:
   """S @ x on the CPU for S in CSR form (int32 indptr [n_rows + 1], int32 indices / float32 data [nnz]).
 
-  Needs `available()`. Args are validated here (the kernel checks them again); x [n_cols, d] float32 -> [n_rows, d].
+  Needs `available()`. x [n_cols, d] float32 -> [n_rows, d]. Shapes are checked here and in the kernel; the CSR
+  structure (indptr rising from 0 to nnz, column indices in [0, n_cols)) here when the arrays are concrete: the
+  kernel reads x at the given indices unchecked, so traced ones must be valid.
   """
   if x.ndim != 2 or x.dtype != jnp.float32:
     raise ValueError(f"csr_matmul: x must be float32 [n_cols, d], got {x.dtype} {x.shape}")
@@ -104,5 +114,9 @@ def csr_matmul(indptr: jax.Array, indices: jax.Array, data: jax.Array, x: jax.Ar
                      f"{indptr.shape}, {indices.shape}, {data.shape}")
   if x.shape[1] > 1024:
     raise ValueError(f"csr_matmul: at most 1024 columns, got {x.shape[1]}")
+  try:  # the kernel trusts the structure: check it where it is concrete (S2-DHCN's constants: once per trace)
+    _check_structure(np.asarray(indptr), np.asarray(indices), x.shape[0])
+  except jax.errors.TracerArrayConversionError:
+    pass
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n_rows, x.shape[1]), jnp.float32))
   return call(indptr.astype(jnp.int32), indices.astype(jnp.int32), data.astype(jnp.float32), x)

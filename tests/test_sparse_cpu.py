@@ -72,3 +72,23 @@ def test_bad_arguments_are_named():
     sparse_cpu.csr_matmul(*args, jnp.ones((6, 3), jnp.float32), 11)
   with pytest.raises(ValueError, match="1024"):
     sparse_cpu.csr_matmul(*args, jnp.ones((6, 1025), jnp.float32), 10)
+
+
+def test_bad_structure_is_named():
+  x = jnp.ones((6, 3), jnp.float32)
+  with pytest.raises(ValueError, match=re.escape("column indices must lie in [0, 6), got [0, 6]")):
+    sparse_cpu.csr_matmul(jnp.array([0, 1, 2]), jnp.array([0, 6]), jnp.ones(2), x, 2)
+  with pytest.raises(ValueError, match="indptr must rise from 0 to nnz = 2"):
+    sparse_cpu.csr_matmul(jnp.array([0, 2, 1]), jnp.array([0, 1]), jnp.ones(2), x, 2)
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_cache_blocks_with_sorted_and_unsorted_rows(sort):
+  # x is 8 MB: several column blocks (one per ~3/4 of the L2 cache) unless the L2 holds it all
+  m = _random_csr(300, 20000, 0.01, seed=3)
+  if not sort:  # reverse each row's entries: every pass still uses each non-zero exactly once
+    for i in range(m.shape[0]):
+      lo, hi = m.indptr[i], m.indptr[i + 1]
+      m.indices[lo:hi], m.data[lo:hi] = m.indices[lo:hi][::-1].copy(), m.data[lo:hi][::-1].copy()
+  x = np.random.default_rng(3).standard_normal((20000, 100)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(_product(m, jnp.asarray(x))), m @ x, rtol=1e-5, atol=1e-5)
