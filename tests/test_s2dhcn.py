@@ -142,14 +142,17 @@ def test_kernel_choice_without_the_native_build(monkeypatch):
     s2dhcn.build_hypergraph(split, 20, "matrix", "cuda")
 
 
-def test_line_graph_of_identical_and_repeated_sessions():
+@pytest.mark.parametrize("num_items", [5, 100])  # 5: the incidence product; 100: node pairs (N^2 / G < 101)
+def test_line_graph_of_identical_and_repeated_sessions(num_items):
   # Three identical sessions (overlap 1 everywhere), one with repeats, one disjoint; an empty slot at the end.
   prefixes = [[1, 2, 2, 1], [1, 2], [2, 1, 1], [3, 3, 3], [4]]
   split = Split.from_prefixes(prefixes, [2, 3, 3, 4, 5], np.arange(5), np.zeros(5))
   batch = _packed(split, 6)
   items = np.asarray(batch.graph.nodes["item"])
   node_graph = np.repeat(np.arange(len(batch.graph_mask)), np.asarray(batch.graph.n_node))
-  conv = np.asarray(s2dhcn.line_graph(jnp.asarray(items), jnp.asarray(node_graph), len(batch.graph_mask)))
+  assert (num_items + 1 <= len(items) ** 2 // len(batch.graph_mask)) == (num_items == 5)
+  conv = np.asarray(s2dhcn.line_graph(jnp.asarray(items), jnp.asarray(node_graph), len(batch.graph_mask),
+                                      num_items))
   np.testing.assert_allclose(conv[:3, :3], np.full((3, 3), 1 / 3), atol=1e-6)  # all ones, row-normalised
   assert conv[3, 3] == 1.0 and conv[4, 4] == 1.0 and conv[-1, -1] == 1.0  # disjoint sessions and the empty slot
   assert np.isfinite(conv).all()
@@ -158,6 +161,17 @@ def test_line_graph_of_identical_and_repeated_sessions():
   (loss, _), grads = jax.value_and_grad(_objective(model, [None, None]), has_aux=True)(
       params, batch, jax.random.PRNGKey(0))
   assert np.isfinite(float(loss)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_line_graph_products_agree_exactly():
+  ds = synthetic.make_dataset(40, 400, 6.0, 20, seed=4)
+  batch = _packed(ds.splits["train"].subset(np.arange(30)))
+  items = jnp.asarray(batch.graph.nodes["item"])
+  node_graph = jnp.repeat(jnp.arange(len(batch.graph_mask)), batch.graph.n_node, total_repeat_length=len(items))
+  g = len(batch.graph_mask)
+  by_incidence = s2dhcn.line_graph(items, node_graph, g, 40)
+  by_pairs = s2dhcn.line_graph(items, node_graph, g, len(items) ** 2)  # a catalogue too big for the incidence
+  np.testing.assert_array_equal(np.asarray(by_incidence), np.asarray(by_pairs))
 
 
 def test_ssl_term_stays_finite_when_the_sigmoids_saturate():

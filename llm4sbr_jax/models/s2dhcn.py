@@ -182,18 +182,28 @@ def layer_mean(x: jax.Array, propagate: Callable[[jax.Array], jax.Array], layers
   return total / (layers + 1)
 
 
-def line_graph(items: jax.Array, node_graph: jax.Array, num_graphs: int) -> jax.Array:
+def line_graph(items: jax.Array, node_graph: jax.Array, num_graphs: int, num_items: int) -> jax.Array:
   """The batch's line graph `D^-1 (A + I)` [G, G]: Jaccard overlap of the sessions' unique item sets.
+
+  The shared items of every pair of sessions, whichever product is smaller for the static shapes: through the
+  session x item incidence ([G, n + 1] by a scatter, then its Gram matrix: G^2 (n + 1) multiply-adds) or through
+  node pairs of the same item (`member^T same member`: G N^2). Both count exactly (sums of 0/1 in float32).
+  ML-100K's long sessions (N = 9,128 nodes a batch, n = 1,345) take the incidence: 14M instead of 8.4G.
 
   Args:
     items: [N] item id per node (0 = padding node); a session's nodes are its unique items.
     node_graph: [N] graph slot of each node.
     num_graphs: G.
+    num_items: n (item ids 1..n).
   """
   real = items > 0  # [N]
   member = jax.nn.one_hot(node_graph, num_graphs) * real[:, None]  # [N, G]
-  same = ((items[:, None] == items[None, :]) & real[:, None] & real[None, :]).astype(member.dtype)  # [N, N]
-  inter = member.T @ same @ member  # [G, G]
+  if (num_items + 1) <= items.shape[0] ** 2 // num_graphs:
+    incidence = jnp.zeros((num_graphs, num_items + 1)).at[node_graph, items].add(real.astype(jnp.float32))
+    inter = incidence @ incidence.T  # [G, G]
+  else:
+    same = ((items[:, None] == items[None, :]) & real[:, None] & real[None, :]).astype(member.dtype)  # [N, N]
+    inter = member.T @ same @ member  # [G, G]
   size = jnp.sum(member, axis=0)  # [G]
   jaccard = inter / jnp.maximum(size[:, None] + size[None, :] - inter, 1.0)
   adj = jnp.where(jnp.eye(num_graphs, dtype=bool), 1.0, jaccard)  # A + I (the official A has a zero diagonal)
@@ -258,7 +268,7 @@ class S2DHCN(nn.Module):
       raw = jnp.concatenate([zero, embedding])[pos_items] * mask  # [P, d]
       x = jax.lax.stop_gradient(jax.ops.segment_sum(raw, batch.pos_graph, num_graphs) / count[:, None])  # [G, d]
       node_graph = jnp.repeat(jnp.arange(num_graphs), g.n_node, total_repeat_length=g.nodes["item"].shape[0])
-      conv = line_graph(g.nodes["item"], node_graph, num_graphs)  # [G, G]
+      conv = line_graph(g.nodes["item"], node_graph, num_graphs, self.num_items)  # [G, G]
       theta_l = layer_mean(x, lambda v: conv @ v, self.layers)  # [G, d]
       rows, cols = corruption(self.make_rng("dropout"), batch.graph_mask, d)
       self.sow("losses", "ssl", ssl_terms(theta_h, theta_l, rows, cols, batch.graph_mask),
