@@ -119,7 +119,8 @@ def measure_jax(shape, backbone):
     sessions += real
   jax.block_until_ready(report)
   train_rate = sessions / (time.perf_counter() - t)
-  eval_batches = graphs.iterate_batches(g_test, np.arange(len(test)), budget, len(devices),
+  orders, eval_budget = graphs.evaluation_plan({"test": g_test}, BATCH // len(devices))  # as experiments/train.py
+  eval_batches = graphs.iterate_batches(g_test, orders["test"], eval_budget, len(devices),
                                         node_tables=task.node_tables)
   first, _ = next(eval_batches)
   t = time.perf_counter()
@@ -136,7 +137,7 @@ def measure_jax(shape, backbone):
           "device_peak_mb": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None,
           "compile_train_s": compile_train, "compile_eval_s": compile_eval, "graph_build_s": graph_seconds,
           "task_build_s": tables_seconds,
-          "budget": vars(budget), "mean_prefix_len": float(train.lengths.mean()),
+          "budget": vars(budget), "eval_budget": vars(eval_budget), "mean_prefix_len": float(train.lengths.mean()),
           "max_prefix_len": int(train.lengths.max()), "device": str(devices[0].device_kind),
           "num_devices": len(devices), "num_items": ds.num_items, "peak_rss_mb": hostmem.peak_rss_mb()}
 

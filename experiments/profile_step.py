@@ -7,7 +7,8 @@ Builds the run exactly as experiments/train.py does (same config, budgets, compi
 training batches times packing a batch on the host (`graphs.pack`), moving it to the devices, the compiled step
 alone (on an already transferred batch, blocking) and the loop as training runs it; then traces `--steps` more
 steps with `jax.profiler` and sums every XLA op's time by (forward / backward, Flax module path, primitive)
-(`llm4sbr_jax/profiling.py`). `--step=eval` does the same for the evaluation step (scores, ranks, metric sums).
+(`llm4sbr_jax/profiling.py`). `--step=eval` does the same for the evaluation step (scores, ranks, metric sums) on
+the test split's evaluation batches (balanced order, evaluation budget).
 Prints and writes profile.md / profile.json to --out; the trace (TensorBoard / Perfetto) and the compiled step's
 HLO (step.hlo.txt, whose instruction names the trace events carry) stay there too.
 """
@@ -46,6 +47,13 @@ def _mean_ms(fn, n):
   return float(np.mean(times))
 
 
+def _cycle(eval_batches, orders):
+  """Evaluation batches (test, else validation) as evaluation packs them, over and over."""
+  split = "test" if "test" in orders else "valid"
+  while True:
+    yield from eval_batches(split)
+
+
 def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -54,7 +62,7 @@ def main(argv):
   config = exp.config  # with the backbone's official settings
   n, steps = len(exp.splits["train"]), _STEPS.value
   order = np.random.default_rng(0).permutation(n)
-  batches = exp.batches("train", order)
+  batches = exp.batches("train", order) if _STEP.value == "train" else _cycle(exp.eval_batches, exp.eval_orders)
   state = exp.runner.replicate(exp.init_state())
   host = [next(batches)[0] for _ in range(2 * steps + 1)]
   pack_ms = _mean_ms(lambda: next(batches), steps)

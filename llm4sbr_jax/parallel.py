@@ -267,15 +267,15 @@ class Runner:
       jax.block_until_ready(self._in_flight.popleft())
     return out
 
-  def compile(self, state: TrainState, batch: Any) -> None:
-    """Compiles both steps ahead of time for `state` (replicated) and `batch`'s shapes.
+  def compile(self, state: TrainState, batch: Any, eval_batch: Any = None) -> None:
+    """Compiles both steps ahead of time for `state` (replicated), `batch`'s shapes and `eval_batch`'s (default
+    `batch`'s) for the evaluation step.
 
     Every later step must have these shapes (a mismatch raises instead of recompiling). Called before large
     host data is loaded, compilation's transient memory does not stack on top of it.
     """
-    batch = self.put_batch(batch)
-    self._run("train", state, batch, jnp.float32(0.0), execute=False)
-    self._run("eval", state.params, batch, execute=False)
+    self._run("train", state, self.put_batch(batch), jnp.float32(0.0), execute=False)
+    self._run("eval", state.params, self.put_batch(batch if eval_batch is None else eval_batch), execute=False)
 
   def _run(self, name: str, *args: Any, execute: bool = True) -> Any:
     if name not in self._compiled:

@@ -82,8 +82,12 @@ class Experiment:
     devices = jax.devices()
     if config.batch_size % len(devices):
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the {len(devices)} devices")
+    # Training batches: a budget a random batch rarely exceeds (from every split, as before evaluation had its
+    # own). Evaluation: balanced orders and the exact budget they need (graphs.evaluation_plan).
     self.budget = graphs_lib.compute_budget(list(self.graphs.values()), config.batch_size // len(devices),
                                             config.budget_std)
+    self.eval_orders, self.eval_budget = graphs_lib.evaluation_plan(
+        {k: g for k, g in self.graphs.items() if k != "train"}, config.batch_size // len(devices))
     self.tx = parallel.make_optimizer(config.weight_decay)
     self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx,
                                   metrics_lib.batch_metric_sums, devices, seed=config.seed,
@@ -91,11 +95,12 @@ class Experiment:
                                   shard_scores=config.get("shard_scores", False))
     t = time.perf_counter()
     template_side = None if self.task.side_shape is None else np.zeros((1,) + self.task.side_shape, np.float32)
-    self._template, _ = next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), self.budget,
-                                                        self.runner.num_devices, template_side,
-                                                        self.task.node_tables, self.runner.local))
+    self._template, eval_template = (
+        next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), budget, self.runner.num_devices,
+                                        template_side, self.task.node_tables, self.runner.local))[0]
+        for budget in (self.budget, self.eval_budget))
     self._init = jax.jit(self.task.init)
-    self.runner.compile(self.runner.replicate(self.init_state()), self._template)
+    self.runner.compile(self.runner.replicate(self.init_state()), self._template, eval_template)
     self.compile_seconds = time.perf_counter() - t
     hostmem.release_free_memory()
     self.side = dict(self.task.load_side()) if self.task.load_side else {}
@@ -103,9 +108,13 @@ class Experiment:
       self.side["train"] = self.side["train"][:keep].copy()  # a copy, so the dropped rows are freed
     hostmem.release_free_memory()
 
-  def batches(self, split: str, order: np.ndarray):
-    return graphs_lib.iterate_batches(self.graphs[split], order, self.budget, self.runner.num_devices,
+  def batches(self, split: str, order: np.ndarray, budget: Optional[graphs_lib.Budget] = None):
+    return graphs_lib.iterate_batches(self.graphs[split], order, budget or self.budget, self.runner.num_devices,
                                       self.side.get(split), self.task.node_tables, self.runner.local)
+
+  def eval_batches(self, split: str):
+    """`split`'s evaluation batches: its balanced order in the evaluation budget."""
+    return self.batches(split, self.eval_orders[split], self.eval_budget)
 
   def init_state(self) -> parallel.TrainState:
     """Fresh parameters and optimiser state (host copy: the device state gets donated)."""
@@ -117,7 +126,7 @@ class Experiment:
     """(metrics in percent, the 1-based rank of every sample's target [N], int32)."""
     totals: dict[str, float] = {}
     per_sample = []
-    for batch, _ in self.batches(split, np.arange(len(self.splits[split]))):
+    for batch, _ in self.eval_batches(split):
       sums, samples = self.runner.eval_step(params, batch)
       for k, v in sums.items():
         totals[k] = totals.get(k, 0.0) + v  # stays on device until finalize

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from llm4sbr_jax import graphs
+from llm4sbr_jax import graphs, synthetic
 from llm4sbr_jax.dataset import Split
 
 
@@ -119,3 +119,16 @@ def test_budget_covers_the_largest_sample():
   sg = graphs.build_session_graphs(_random_split(rng, num=50, max_len=40))
   b = graphs.compute_budget(sg, 1)
   assert b.nodes > sg.num_nodes.max() and b.positions > sg.num_positions.max() and b.edges > sg.num_edges.max()
+
+
+def test_evaluation_plan_fills_every_batch_within_an_exact_budget():
+  ds = synthetic.make_dataset(80, 2000, 6.0, 40, seed=5)
+  g = {k: graphs.build_session_graphs(ds.splits[k]) for k in ("valid", "test")}
+  orders, budget = graphs.evaluation_plan(g, 25)
+  assert budget.nodes < graphs.compute_budget(list(g.values()), 25).nodes
+  for k, graph in g.items():
+    assert sorted(orders[k]) == list(range(len(graph)))
+    reals = [real for _, real in graphs.iterate_batches(graph, orders[k], budget)]
+    assert reals == [25] * (len(graph) // 25) + ([len(graph) % 25] if len(graph) % 25 else [])
+    totals = np.add.reduceat(graph.num_nodes[orders[k]], np.arange(0, len(graph), 25))[:-1]
+    assert totals.max() - totals.min() <= graph.num_nodes.max()  # balanced: within one sample of each other

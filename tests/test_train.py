@@ -111,3 +111,17 @@ def test_resume_refuses_another_dataset(data_dir, tmp_path):
   dataset.save_dataset(synthetic.make_dataset(60, 400, 4.0, 15, seed=1), str(other))
   with pytest.raises(ValueError, match="use a new --workdir"):
     train.train_and_evaluate(_config(other, num_epochs=2), str(tmp_path))
+
+
+@pytest.mark.parametrize("backbone", ["srgnn", "tagnn", "gcegnn", "s2dhcn"])
+def test_evaluation_order_and_budget_leave_every_rank_unchanged(data_dir, backbone):
+  # Evaluation packs the balanced order into its exact budget; the split order (batches cut short by the same
+  # budget where they overflow) gives every sample the same rank: a session's scores ignore its batch mates.
+  exp = train.Experiment(_config(data_dir, backbone=backbone))
+  params = exp.runner.replicate(exp.init_state()).params
+  assert exp.eval_budget.nodes < exp.budget.nodes
+  balanced, ranks = exp.evaluate(params, "test")
+  exp.eval_orders["test"] = np.arange(len(exp.splits["test"]))
+  in_order, ranks_in_order = exp.evaluate(params, "test")
+  np.testing.assert_array_equal(ranks, ranks_in_order)
+  assert balanced == pytest.approx(in_order, abs=1e-4) and ranks.min() >= 1

@@ -103,7 +103,9 @@ def score(session: jax.Array, out: BackboneOutput, chunk: int = 0, dtype: str = 
       raise ValueError("config.score_chunk: this backbone's scores are not a plain dot product (an extra [G, n] "
                        "term, e.g. TAGNN's target-aware scores); use score_chunk = 0")
     return scoring.ChunkedScores(session, out.items, chunk, dtype)
-  scores = scoring.product(session, out.items[1:], dtype)  # [G, n]
+  # Column 0 dropped from the product, not row 0 from the table: the slice then fuses into what reads the scores
+  # instead of copying the [n, d] table each step (0.3 ms of a 4.1 ms SR-GNN evaluation step on Beauty).
+  scores = scoring.product(session, out.items, dtype)[:, 1:]  # [G, n]
   return scores if out.extra_scores is None else scores + out.extra_scores
 
 
