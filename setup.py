@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax implementation of LLM4SBR on session-graph recommenders (SR-GNN, ...)",
     packages=find_packages(include=["llm4sbr_jax", "llm4sbr_jax.*", "third_party_infer", "third_party_infer.*"]),
-    package_data={"llm4sbr_jax": ["csrc/*.cc"]},  # built on first use by llm4sbr_jax/sparse_cpu.py
+    package_data={"llm4sbr_jax": ["csrc/*.cc", "csrc/*.h"]},  # built on first use by llm4sbr_jax/cpu_kernels.py
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7", "flax>=0.10", "optax>=0.2.4", "jraph>=0.0.6.dev0", "orbax-checkpoint>=0.11", "numpy>=1.26",

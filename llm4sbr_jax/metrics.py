@@ -21,8 +21,11 @@ from llm4sbr_jax import scoring
 KS = (5, 10, 20)
 
 
-def target_ranks(scores: jax.Array | scoring.ChunkedScores | scoring.ShardedScores, targets: jax.Array) -> jax.Array:
+def target_ranks(scores: jax.Array | scoring.PaddedScores | scoring.ChunkedScores | scoring.ShardedScores,
+                 targets: jax.Array) -> jax.Array:
   """1-based rank of each target. scores [G, n] (column j = item j + 1), targets [G] item ids >= 1."""
+  if isinstance(scores, scoring.PaddedScores):
+    return scoring.padded_ranks(scores, jnp.clip(targets - 1, 0, scores.num_items - 1))
   if isinstance(scores, scoring.IMPLICIT):
     return scoring.ranks(scores, jnp.clip(targets - 1, 0, scores.num_items - 1))
   label = jnp.clip(targets - 1, 0, scores.shape[-1] - 1)

@@ -48,7 +48,8 @@ MAX_IN_FLIGHT = 2  # dispatched but unfinished steps per Runner
 # Number of times each step function was traced (a test asserts one compile per run).
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
-# terms(params, batch, train, rng) -> (scores [G, n], {name: (sum, count)}); spec: {name: (weight, is_log_mean)}.
+# terms(params, batch, train, rng) -> (scores [G, n] (evaluation: maybe scoring.PaddedScores), {name: (sum, count)});
+# spec: {name: (weight, is_log_mean)}.
 TermsFn = Callable[[Any, Any, bool, Any], tuple[jax.Array, Mapping[str, tuple[jax.Array, jax.Array]]]]
 
 

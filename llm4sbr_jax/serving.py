@@ -404,6 +404,8 @@ class Scorer:
       ranks = metrics_lib.target_ranks(scores, batch.targets)
       if isinstance(scores, scoring.ChunkedScores):  # config.score_chunk: [G, n] is small at serving batch sizes
         scores = scoring.product(scores.session, scores.items[1:], scores.dtype)  # as the unchunked path
+      elif isinstance(scores, scoring.PaddedScores):
+        scores = scores.dense()
       top_scores, top_index = jax.lax.top_k(scores, max_k_)
       return top_scores, top_index + 1, ranks
 

@@ -2,7 +2,8 @@
 
 A task exposes `init(rng, batch) -> params` and `terms(params, batch, train, rng) -> (scores [G, n], {name: (sum,
 count)})` with a `spec` {name: (weight, is_log_mean)} telling the parallel step how to combine the terms over
-devices; `rng` is the step's key (dropout), None at evaluation. Per-sample side data (LLM4SBR's intent embeddings,
+devices; `rng` is the step's key (dropout), None at evaluation (where plain dot-product scores come as
+`scoring.PaddedScores`, which `metrics` and `cross_entropy` read). Per-sample side data (LLM4SBR's intent embeddings,
 gathered into every batch's `intents`): `side_shape` is one sample's row shape, known up front so the steps compile
 before `load_side()` reads the per-split arrays [N, ...]. `node_tables` are the backbone's per-item tables that every
 batch carries for its nodes (GCE-GNN's global neighbours). A backbone's own extra loss terms (S2-DHCN's
@@ -76,7 +77,8 @@ def build_task(config: Any, dataset: ProcessedDataset) -> Task:
   backbone = spec.build(config, dataset)
   tables = dict(spec.node_tables(config, dataset)) if spec.node_tables else None
   extra_spec = {name: (weight, False) for name, weight in (spec.losses(config) if spec.losses else {}).items()}
-  score_options = dict(score_chunk=config.get("score_chunk", 0), score_dtype=config.get("score_dtype", "float32"))
+  score_options = dict(score_chunk=config.get("score_chunk", 0), score_dtype=config.get("score_dtype", "float32"),
+                       padded_eval=True)
   if not config.llm4sbr:
     model = Recommender(backbone, **score_options)
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import beauty_prefixes
 from experiments.configs import default
-from llm4sbr_jax import dataset, graphs, sparse_cpu, synthetic, tasks, train
+from llm4sbr_jax import dataset, graphs, cpu_kernels, synthetic, tasks, train
 from llm4sbr_jax.dataset import Split
 from llm4sbr_jax.models import llm4sbr as L
 from llm4sbr_jax.models import s2dhcn
@@ -119,7 +119,7 @@ def test_forms_and_kernels_train_alike():
   ds = synthetic.make_dataset(50, 300, 5.0, 15, seed=2)
   split = ds.splits["train"]
   batch = _packed(split.subset(np.arange(24)))
-  kernels = ("bcsr", "native") if sparse_cpu.available() else ("bcsr",)
+  kernels = ("bcsr", "native") if cpu_kernels.available() else ("bcsr",)
   graphs_ = [s2dhcn.build_hypergraph(split, 50, f, k) for f in ("matrix", "factored") for k in kernels]
   assert [(h.form, h.kernel) for h in graphs_] == [(f, k) for f in ("matrix", "factored") for k in kernels]
   models = [_model(h, 50, hidden=16) for h in graphs_]
@@ -134,7 +134,7 @@ def test_forms_and_kernels_train_alike():
 
 def test_kernel_choice_without_the_native_build(monkeypatch):
   split = synthetic.make_dataset(20, 40, 4.0, 8, seed=0).splits["train"]
-  monkeypatch.setattr(s2dhcn.sparse_cpu, "available", lambda: False)
+  monkeypatch.setattr(s2dhcn.cpu_kernels, "available", lambda: False)
   assert s2dhcn.build_hypergraph(split, 20, "matrix", "auto").kernel == "bcsr"
   with pytest.raises(RuntimeError, match="kernel='native'"):
     s2dhcn.build_hypergraph(split, 20, "matrix", "native")

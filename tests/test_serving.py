@@ -15,7 +15,7 @@ import pytest
 
 import stage1_fixtures as fx
 from conftest import REPO
-from llm4sbr_jax import dataset, graphs, intents, serving, synthetic, tasks, train
+from llm4sbr_jax import dataset, graphs, intents, scoring, serving, synthetic, tasks, train
 from experiments.configs import default
 
 
@@ -53,6 +53,10 @@ def recs(runs):
           for name, run in (("bare", bare), ("llm4sbr", serving.load_run(runs["llm4sbr"])))}
 
 
+def _dense(scores):
+  return scores.dense() if isinstance(scores, scoring.PaddedScores) else scores
+
+
 def _offline_scores(run: serving.Run, split: str) -> np.ndarray:
   """Scores [N, n] of every sample of `split` the way the offline evaluation computes them (the task's terms on
   batches packed with the training budget)."""
@@ -61,7 +65,7 @@ def _offline_scores(run: serving.Run, split: str) -> np.ndarray:
   budget = graphs.compute_budget([graphs.build_session_graphs(s) for s in ds.splits.values() if len(s)],
                                  cfg.batch_size, cfg.budget_std)
   side = tasks.intent_arrays(cfg, ds)[split] if run.task.side_shape else None
-  terms = jax.jit(lambda p, b: run.task.terms(p, b, False, None)[0])
+  terms = jax.jit(lambda p, b: _dense(run.task.terms(p, b, False, None)[0]))
   out = np.zeros((len(g), ds.num_items), np.float32)
   for batch, _ in graphs.iterate_batches(g, np.arange(len(g)), budget, 1, side,
                                          run.task.node_tables):

@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.s2dhcn.layers = 3  # hypergraph and line-graph layers
   c.s2dhcn.beta = 0.01  # SSL weight (official README: 0.01 Diginetica, 0.02 Tmall)
   c.s2dhcn.form = "auto"  # hypergraph product: "matrix", "factored" or "auto" (fewer gathered rows)
-  c.s2dhcn.kernel = "auto"  # CSR kernel: "native" (llm4sbr_jax/sparse_cpu.py), "bcsr" (jax.experimental.sparse), "auto"
+  c.s2dhcn.kernel = "auto"  # CSR kernel: "native" (llm4sbr_jax/cpu_kernels.py), "bcsr" (jax.experimental.sparse), "auto"
   # LLM4SBR (llm4sbr = True); ignored by a bare backbone.
   c.perspectives = ("long-term", "short-term")
   c.pairing = ("global", "local")  # official pairing: long-term <-> global, short-term <-> local

@@ -3,18 +3,16 @@
 // per row remembers where the row's next block starts; every non-zero is used exactly once whatever the order of a
 // row's column indices, and sorted ones make each pass touch only its block). Within a pass, chunks of rows are
 // taken from an atomic counter by the calling thread and by helpers on XLA's intra-op thread pool; each output row
-// is written by one thread per pass. Built by llm4sbr_jax/sparse_cpu.py on first use.
+// is written by one thread per pass. Built by llm4sbr_jax/cpu_kernels.py on first use.
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
+#include <climits>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -26,7 +24,7 @@ constexpr int kPrefetch = 8;  // non-zeros ahead whose x row is prefetched
 
 // Rows [begin, end), the non-zeros of each row from cursor[i] while their column is below `limit`; the first pass
 // starts from zero, later ones add to out. D > 0 fixes the width at compile time, D = 0 reads d.
-// Column indices are trusted to lie in [0, n_cols) (sparse_cpu.csr_matmul checks concrete ones; a check here
+// Column indices are trusted to lie in [0, n_cols) (cpu_kernels.csr_matmul checks concrete ones; a check here
 // would cost a fifth of the product).
 template <int D>
 void Rows(int64_t begin, int64_t end, int64_t d_runtime, int32_t limit, bool first, const int32_t* indptr,
@@ -71,33 +69,6 @@ RowsFn Pick(int64_t d) {
   }
 }
 
-// One pass (column block) over all rows.
-struct Pass {
-  RowsFn rows;
-  int64_t n_rows, d, num_chunks;
-  int32_t limit;
-  bool first;
-  const int32_t *indptr, *indices;
-  const float *data, *x;
-  int32_t* cursor;
-  float* out;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-
-  void Drain() {
-    for (int64_t c = next.fetch_add(1); c < num_chunks; c = next.fetch_add(1)) {
-      const int64_t begin = c * kChunkRows, end = std::min(n_rows, begin + kChunkRows);
-      rows(begin, end, d, limit, first, indptr, indices, data, x, cursor, out);
-      if (done.fetch_add(1) + 1 == num_chunks) {
-        std::lock_guard<std::mutex> lock(mu);
-        cv.notify_all();
-      }
-    }
-  }
-};
-
 // Column blocks whose rows of x fill at most 3/4 of the L2 cache (1.5 MiB where its size is unknown): on Beauty
 // (x 4.8 MB, L2 2 MiB) 4 blocks take 4.8 ms per product, one 7.6 ms.
 int64_t NumBlocks(int64_t n_cols, int64_t d) {
@@ -121,27 +92,15 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> indptr, ffi
   if (d > 1024) return ffi::Error::InvalidArgument("csr_matmul: at most 1024 columns");
   std::vector<int32_t> cursor(indptr.typed_data(), indptr.typed_data() + n_rows);
   const int64_t blocks = NumBlocks(n_cols, d);
-  const int64_t num_chunks = (n_rows + kChunkRows - 1) / kChunkRows;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_chunks) - 1;
+  const RowsFn rows = Pick(d);
   for (int64_t b = 0; b < blocks; ++b) {
-    auto pass = std::make_shared<Pass>();  // shared: a helper may start after the pass is over
-    pass->rows = Pick(d);
-    pass->n_rows = n_rows;
-    pass->d = d;
-    pass->num_chunks = num_chunks;
     // The last pass takes every remaining non-zero.
-    pass->limit = b + 1 == blocks ? INT32_MAX : static_cast<int32_t>((b + 1) * n_cols / blocks);
-    pass->first = b == 0;
-    pass->indptr = indptr.typed_data();
-    pass->indices = indices.typed_data();
-    pass->data = data.typed_data();
-    pass->x = x.typed_data();
-    pass->cursor = cursor.data();
-    pass->out = out->typed_data();
-    for (int64_t t = 0; t < helpers; ++t) pool.Schedule([pass] { pass->Drain(); });
-    pass->Drain();
-    std::unique_lock<std::mutex> lock(pass->mu);
-    pass->cv.wait(lock, [&] { return pass->done.load() == pass->num_chunks; });
+    const int32_t limit = b + 1 == blocks ? INT32_MAX : static_cast<int32_t>((b + 1) * n_cols / blocks);
+    llm4sbr::ParallelFor(pool, (n_rows + kChunkRows - 1) / kChunkRows, [&](int64_t c) {
+      const int64_t begin = c * kChunkRows, end = std::min(n_rows, begin + kChunkRows);
+      rows(begin, end, d, limit, b == 0, indptr.typed_data(), indices.typed_data(), data.typed_data(),
+           x.typed_data(), cursor.data(), out->typed_data());
+    });
   }
   return ffi::Error::Success();
 }

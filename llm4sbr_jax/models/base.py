@@ -79,8 +79,8 @@ class HybridHead(nn.Module):
     return nn.Dense(self.hidden, kernel_init=init, bias_init=init, name="linear_transform")(x)  # [G, d]
 
 
-def score(session: jax.Array, out: BackboneOutput, chunk: int = 0, dtype: str = "float32"
-          ) -> jax.Array | scoring.ChunkedScores | scoring.ShardedScores:
+def score(session: jax.Array, out: BackboneOutput, chunk: int = 0, dtype: str = "float32", padded: bool = False
+          ) -> jax.Array | scoring.PaddedScores | scoring.ChunkedScores | scoring.ShardedScores:
   """Scores of every real item (eq. 10 before the softmax): `session . E[1:]` plus the backbone's extra term.
 
   Args:
@@ -89,6 +89,7 @@ def score(session: jax.Array, out: BackboneOutput, chunk: int = 0, dtype: str = 
       `scoring.ShardedScores`).
     chunk: > 0: the scores stay implicit (`scoring.ChunkedScores`), consumed `chunk` items at a time.
     dtype: operand dtype of the session x item product ("bfloat16": mixed precision, float32 accumulation).
+    padded: plain dot-product scores come as `scoring.PaddedScores` (the evaluation's rank count reads them unsliced).
 
   Returns:
     [G, n] scores; column j is item id j + 1.
@@ -105,6 +106,8 @@ def score(session: jax.Array, out: BackboneOutput, chunk: int = 0, dtype: str = 
     return scoring.ChunkedScores(session, out.items, chunk, dtype)
   # Column 0 dropped from the product, not row 0 from the table: the slice then fuses into what reads the scores
   # instead of copying the [n, d] table each step (0.3 ms of a 4.1 ms SR-GNN evaluation step on Beauty).
+  if padded and out.extra_scores is None:
+    return scoring.PaddedScores(scoring.product(session, out.items, dtype))  # [G, n + 1]
   scores = scoring.product(session, out.items, dtype)[:, 1:]  # [G, n]
   return scores if out.extra_scores is None else scores + out.extra_scores
 
@@ -116,14 +119,16 @@ class Recommender(nn.Module):
     backbone: a backbone module (see the module docstring); name it "backbone".
     score_chunk: > 0: implicit scores consumed in item chunks (`scoring`).
     score_dtype: operand dtype of the item-scoring product (`scoring.product`).
+    padded_eval: with train=False, plain dot-product scores come as `scoring.PaddedScores` (the task's evaluation).
   """
 
   backbone: nn.Module
   score_chunk: int = 0
   score_dtype: str = "float32"
+  padded_eval: bool = False
 
   @nn.compact
   def __call__(self, batch: Any, train: bool = False) -> jax.Array:
     """Returns scores [G, n]; column j is item id j + 1."""
     out = self.backbone(batch, train=train, head=True)
-    return score(out.session, out, self.score_chunk, self.score_dtype)  # [G, n]
+    return score(out.session, out, self.score_chunk, self.score_dtype, self.padded_eval and not train)  # [G, n]

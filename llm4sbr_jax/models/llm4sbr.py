@@ -113,6 +113,7 @@ class LLM4SBR(nn.Module):
     gate_features: output width of each gate's `w_p` (1 = official scalar gate; `hidden` = element-wise gate).
     score_chunk: > 0: implicit scores consumed in item chunks (`scoring`).
     score_dtype: operand dtype of the item-scoring product (`scoring.product`).
+    padded_eval: with train=False, plain dot-product scores come as `scoring.PaddedScores` (the task's evaluation).
   """
 
   backbone: nn.Module
@@ -124,6 +125,7 @@ class LLM4SBR(nn.Module):
   gate_features: int = 1
   score_chunk: int = 0
   score_dtype: str = "float32"
+  padded_eval: bool = False
 
   @nn.compact
   def __call__(self, batch: Any, intents: jax.Array | None, train: bool = False) -> LLM4SBROutput:
@@ -145,7 +147,8 @@ class LLM4SBR(nn.Module):
     local, global_ = out.local, out.global_  # [G, d] each
     g = local.shape[0]
 
-    scores = lambda session: score(session, out, self.score_chunk, self.score_dtype)  # [G, n]
+    scores = lambda session: score(session, out, self.score_chunk, self.score_dtype,  # [G, n]
+                                   self.padded_eval and not train)
     if num_p == 0:
       empty = jnp.zeros((g, 0, d), local.dtype)  # [G, 0, d]
       return LLM4SBROutput(scores(out.session), out.session, empty, empty, empty)
@@ -212,6 +215,8 @@ def cross_entropy(scores: jax.Array, targets: jax.Array, mask: jax.Array) -> tup
   Returns:
     (sum of the negative log-likelihoods over real rows, number of real rows), both float32 scalars.
   """
+  if isinstance(scores, scoring.PaddedScores):
+    scores = scores.dense()
   implicit = isinstance(scores, scoring.IMPLICIT)
   n = scores.num_items if implicit else scores.shape[-1]
   labels = jnp.clip(jnp.where(mask, targets - 1, 0), 0, n - 1).astype(jnp.int32)  # [G]

@@ -6,7 +6,7 @@ any hyperedge), weights W = I. `A = D^-1 H B^-1 H^T` with B the hyperedge sizes 
 no training prefix has an empty row (official: its X_h is E / (L + 1)). Validation and test samples never feed it.
 Two exact ways to apply A inside the jitted step, both as CSR sparse x dense products with a hand-written adjoint, so
 the backward pass runs the same kernel on the transposed matrix. The kernel (`kernel`): on CPU our own
-(`llm4sbr_jax/sparse_cpu.py`, 2.5x faster than the next option on Beauty) where the host can build it, else
+(`llm4sbr_jax/cpu_kernels.py`, 2.5x faster than the next option on Beauty) where the host can build it, else
 `jax.experimental.sparse` (one CSR kernel call on CPU, cuSPARSE on GPU, always on a non-CPU platform):
   * `matrix`: the symmetric `S = H B^-1 H^T` (the official precomputed n x n product), then `D^-1`; S's non-zeros
     grow with the square of hyperedge sizes (1.85M on Beauty);
@@ -57,7 +57,7 @@ import numpy as np
 import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
-from llm4sbr_jax import sparse_cpu
+from llm4sbr_jax import cpu_kernels
 from llm4sbr_jax.dataset import Split
 from llm4sbr_jax.graphs import SessionBatch
 from llm4sbr_jax.models.base import BackboneOutput, uniform_init
@@ -79,7 +79,7 @@ class Hypergraph:
     arrays: the form's CSR matrices (and the hyperedge weights B^-1 of the factored form).
     nnz: non-zeros of S (None for the factored form, which does not build it); incidences: non-zeros of H.
     build_seconds: host time to build it.
-    kernel: "native" (`sparse_cpu` on CPU, `jax.experimental.sparse` elsewhere) or "bcsr" (that one everywhere).
+    kernel: "native" (`cpu_kernels` on CPU, `jax.experimental.sparse` elsewhere) or "bcsr" (that one everywhere).
   """
 
   form: str
@@ -103,10 +103,10 @@ class Hypergraph:
 
 
 def _matmul(matrix: jsparse.BCSR, native: bool) -> Callable[[jax.Array], jax.Array]:
-  """x -> matrix @ x: `sparse_cpu` when lowered for the CPU (if `native`), else `BCSR @ dense`."""
+  """x -> matrix @ x: `cpu_kernels` when lowered for the CPU (if `native`), else `BCSR @ dense`."""
   if not native:
     return lambda x: matrix @ x
-  own = lambda x: sparse_cpu.csr_matmul(matrix.indptr, matrix.indices, matrix.data, x, matrix.shape[0])
+  own = lambda x: cpu_kernels.csr_matmul(matrix.indptr, matrix.indices, matrix.data, x, matrix.shape[0])
   return lambda x: jax.lax.platform_dependent(x, cpu=own, default=lambda v: matrix @ v)
 
 
@@ -114,7 +114,7 @@ def _csr_product(matrix: jsparse.BCSR, adjoint: jsparse.BCSR, native: bool) -> C
   """x -> matrix @ x with `adjoint` (matrix^T) @ g as its VJP, both through the same CSR sparse-dense kernel.
 
   `BCSR @ dense` is one XLA custom call on CPU (2.3-2.6x faster than a gather + scatter-add of the entries on
-  Beauty's 1.85M non-zeros x 100 columns; `sparse_cpu` is 2.5x faster again), cuSPARSE on GPU; the VJP is written
+  Beauty's 1.85M non-zeros x 100 columns; `cpu_kernels` is 2.5x faster again), cuSPARSE on GPU; the VJP is written
   out so that the backward pass uses the kernel instead of differentiating through the sparse format.
   """
   forward, backward = _matmul(matrix, native), _matmul(adjoint, native)
@@ -136,15 +136,15 @@ def _csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[in
 def build_hypergraph(train: Split, num_items: int, form: str = "auto", kernel: str = "auto") -> Hypergraph:
   """The hypergraph of `train`'s prefixes (one hyperedge per sample) in `form` (see the module docstring).
 
-  `kernel`: "native", "bcsr", or "auto" (native where `sparse_cpu` builds on this CPU host, else bcsr).
+  `kernel`: "native", "bcsr", or "auto" (native where `cpu_kernels` builds on this CPU host, else bcsr).
   """
   if form not in FORMS:
     raise ValueError(f"config.s2dhcn.form: expected one of {FORMS}, got {form!r}")
   if kernel not in KERNELS:
     raise ValueError(f"config.s2dhcn.kernel: expected one of {KERNELS}, got {kernel!r}")
   if kernel == "auto":
-    kernel = "native" if sparse_cpu.available() else "bcsr"
-  elif kernel == "native" and jax.default_backend() == "cpu" and not sparse_cpu.available():
+    kernel = "native" if cpu_kernels.available() else "bcsr"
+  elif kernel == "native" and jax.default_backend() == "cpu" and not cpu_kernels.available():
     raise RuntimeError("config.s2dhcn.kernel='native': the CPU kernel could not be built (see the warning above); "
                        "use 'auto' or 'bcsr'")
   start = time.perf_counter()

@@ -1,15 +1,18 @@
-"""A CSR sparse x dense product for XLA:CPU (`csrc/csr_matmul.cc`), built with the host's C++ compiler on first use.
+"""Our XLA:CPU kernels (`csrc/*.cc`), built with the host's C++ compiler on first use and called as FFI custom calls.
 
-`csr_matmul(indptr, indices, data, x, n_rows)` is one XLA custom call that computes `S @ x` for a CSR matrix S
-[n_rows, n_cols] and a dense x [n_cols, d] (float32). Each output row is accumulated in registers over its
-non-zeros (width specialised for d in 16/32/64/100/128/256, any d up to 1024 otherwise), the next rows of x are
-prefetched, and chunks of rows run on XLA's own intra-op thread pool. On Beauty's hypergraph (S: 12,101 x 12,101,
-1.85M non-zeros, d = 100) it takes ~7.6 ms per product on this 2-core CPU against ~19 ms for
-`jax.experimental.sparse`'s CSR kernel (docs/results.md); S2-DHCN runs six of them per training step.
+* `csr_matmul(indptr, indices, data, x, n_rows)`: `S @ x` for a CSR matrix S [n_rows, n_cols] and a dense x
+  [n_cols, d] (float32): each output row accumulated in registers over its non-zeros (width specialised for d in
+  16/32/64/100/128/256, any d up to 1024 otherwise), the next rows of x prefetched, x visited in column blocks of
+  3/4 of the L2 cache, chunks of rows on XLA's intra-op thread pool. On Beauty's hypergraph (S: 12,101 x 12,101,
+  1.85M non-zeros, d = 100): 4.8 ms per product on this 2-core CPU against 17-19 ms for `jax.experimental.sparse`'s
+  CSR kernel (docs/results.md); S2-DHCN runs six of them per training step.
+* `count_higher(scores, labels, first)`: per row, how many of columns [first, C) score above the label's column
+  (NaN counts as above), reading the score matrix once: the evaluation's rank count on the unsliced item-score
+  product (XLA materialises the [G, C] comparison before reducing it, and would copy a column slice).
 
-The library is compiled once per (source, jax version, compiler, CPU) into `$LLM4SBR_JAX_CACHE` (default
-`~/.cache/llm4sbr_jax`; ~2 s with g++) and registered as the FFI target `TARGET`. `available()` says whether that
-worked; callers fall back to `jax.experimental.sparse` when it did not (no compiler, another platform), and log why.
+The library is compiled once per (sources, jax version, compiler, CPU) into `$LLM4SBR_JAX_CACHE` (default
+`~/.cache/llm4sbr_jax`; ~3 s with g++) and its targets registered. `available()` says whether that worked; callers
+fall back to jax.numpy / `jax.experimental.sparse` when it did not (no compiler, another platform), and log why.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-TARGET = "llm4sbr_csr_matmul"
-SOURCE = Path(__file__).resolve().parent / "csrc" / "csr_matmul.cc"
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("csr_matmul.cc", "count_higher.cc")  # and the header parallel_for.h
+TARGETS = {"llm4sbr_csr_matmul": "Llm4sbrCsrMatmul", "llm4sbr_count_higher": "Llm4sbrCountHigher"}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
@@ -51,7 +55,7 @@ def cache_dir() -> Path:
 
 
 def build(directory: Optional[Path] = None, compiler: Optional[str] = None) -> Path:
-  """Compiles `SOURCE` into `directory` (default `cache_dir()`) unless a matching build is there; returns its path.
+  """Compiles `SOURCES` into `directory` (default `cache_dir()`) unless a matching build is there; returns its path.
 
   Raises:
     RuntimeError: no compiler, or the compiler failed (its output in the message).
@@ -59,22 +63,23 @@ def build(directory: Optional[Path] = None, compiler: Optional[str] = None) -> P
   compiler = compiler or os.environ.get("CXX", "g++")
   resolved = shutil.which(compiler)
   if resolved is None:
-    raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX) to build {SOURCE.name}")
-  source = SOURCE.read_bytes()
-  key = hashlib.sha256(b"\0".join([source, jax.__version__.encode(), resolved.encode(), " ".join(FLAGS).encode(),
+    raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX) to build {', '.join(SOURCES)}")
+  code = [(CSRC / name).read_bytes() for name in (*SOURCES, "parallel_for.h")]
+  key = hashlib.sha256(b"\0".join([*code, jax.__version__.encode(), resolved.encode(), " ".join(FLAGS).encode(),
                                    platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
   directory = Path(directory or cache_dir())
-  library = directory / f"csr_matmul-{key}.so"
+  library = directory / f"cpu_kernels-{key}.so"
   if library.exists():
     return library
   directory.mkdir(parents=True, exist_ok=True)
   fd, partial = tempfile.mkstemp(suffix=".so", dir=directory)  # concurrent builders each write their own file
   os.close(fd)
-  command = [resolved, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", partial]
+  command = [resolved, *FLAGS, "-I", jax.ffi.include_dir(), "-I", str(CSRC), *(str(CSRC / n) for n in SOURCES),
+             "-o", partial]
   done = subprocess.run(command, capture_output=True, text=True, check=False)
   if done.returncode != 0:
     os.unlink(partial)
-    raise RuntimeError(f"building {SOURCE.name} failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
+    raise RuntimeError(f"building the CPU kernels failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
   os.replace(partial, library)
   return library
 
@@ -86,9 +91,10 @@ def available() -> bool:
     return False
   try:
     library = ctypes.cdll.LoadLibrary(str(build()))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.Llm4sbrCsrMatmul), platform="cpu")
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
   except (RuntimeError, OSError) as error:
-    log.warning("native CSR kernel unavailable, using jax.experimental.sparse: %s", error)
+    log.warning("our CPU kernels are unavailable, using jax.numpy / jax.experimental.sparse: %s", error)
     return False
   return True
 
@@ -118,5 +124,19 @@ def csr_matmul(indptr: jax.Array, indices: jax.Array, data: jax.Array, x: jax.Ar
     _check_structure(np.asarray(indptr), np.asarray(indices), x.shape[0])
   except jax.errors.TracerArrayConversionError:
     pass
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((n_rows, x.shape[1]), jnp.float32))
+  call = jax.ffi.ffi_call("llm4sbr_csr_matmul", jax.ShapeDtypeStruct((n_rows, x.shape[1]), jnp.float32))
   return call(indptr.astype(jnp.int32), indices.astype(jnp.int32), data.astype(jnp.float32), x)
+
+
+def count_higher(scores: jax.Array, labels: jax.Array, first: int = 0) -> jax.Array:
+  """[G] int32: per row of scores [G, C], the columns in [first, C) scoring above column labels[g] (NaN: above).
+
+  Needs `available()`. labels [G] must lie in [0, C) (the kernel fails the call otherwise).
+  """
+  if scores.ndim != 2 or scores.dtype != jnp.float32 or labels.shape != scores.shape[:1]:
+    raise ValueError(f"count_higher: float32 scores [G, C] and labels [G] expected, got {scores.dtype} "
+                     f"{scores.shape} and {labels.shape}")
+  if not 0 <= first <= scores.shape[1]:
+    raise ValueError(f"count_higher: first must lie in [0, {scores.shape[1]}], got {first}")
+  call = jax.ffi.ffi_call("llm4sbr_count_higher", jax.ShapeDtypeStruct(scores.shape[:1], jnp.int32))
+  return call(scores, labels.astype(jnp.int32), first=np.int64(first))
