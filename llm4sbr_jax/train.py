@@ -95,10 +95,10 @@ class Experiment:
                                   shard_scores=config.get("shard_scores", False))
     t = time.perf_counter()
     template_side = None if self.task.side_shape is None else np.zeros((1,) + self.task.side_shape, np.float32)
-    self._template, eval_template = (
-        next(graphs_lib.iterate_batches(self.graphs["train"], np.arange(1), budget, self.runner.num_devices,
+    self._template, eval_template = (  # one sample of a split each budget is sized for (any of them fits)
+        next(graphs_lib.iterate_batches(self.graphs[split], np.arange(1), budget, self.runner.num_devices,
                                         template_side, self.task.node_tables, self.runner.local))[0]
-        for budget in (self.budget, self.eval_budget))
+        for split, budget in (("train", self.budget), (next(iter(self.eval_orders)), self.eval_budget)))
     self._init = jax.jit(self.task.init)
     self.runner.compile(self.runner.replicate(self.init_state()), self._template, eval_template)
     self.compile_seconds = time.perf_counter() - t

@@ -125,3 +125,18 @@ def test_evaluation_order_and_budget_leave_every_rank_unchanged(data_dir, backbo
   in_order, ranks_in_order = exp.evaluate(params, "test")
   np.testing.assert_array_equal(ranks, ranks_in_order)
   assert balanced == pytest.approx(in_order, abs=1e-4) and ranks.min() >= 1
+
+
+def test_evaluation_budget_smaller_than_a_training_sample(tmp_path):
+  # One long training session and short evaluation samples: the evaluation step compiles on an evaluation sample.
+  long_prefix = list(range(1, 41))
+  prefixes = [long_prefix] + [[1, 2], [2, 3], [3, 4]] * 10
+  split = dataset.Split.from_prefixes(prefixes, [41] + [5] * 30, np.arange(31), np.zeros(31))
+  short = dataset.Split.from_prefixes([[1, 2], [3, 4]], [3, 5], np.arange(2), np.zeros(2))
+  ds = dataset.ProcessedDataset("tiny", [dataset.PAD_NAME] + [f"item {i}" for i in range(1, 42)],
+                                [""] + [str(i) for i in range(1, 42)], {"train": split, "valid": short, "test": short})
+  dataset.save_dataset(ds, str(tmp_path / "tiny"))
+  exp = train.Experiment(_config(tmp_path / "tiny"))
+  assert exp.eval_budget.nodes < 41 <= exp.budget.nodes
+  _, ranks = exp.evaluate(exp.runner.replicate(exp.init_state()).params, "test")
+  assert len(ranks) == 2 and ranks.min() >= 1
