@@ -47,11 +47,11 @@ def _mean_ms(fn, n):
   return float(np.mean(times))
 
 
-def _cycle(eval_batches, orders):
+def _cycle(exp):
   """Evaluation batches (test, else validation) as evaluation packs them, over and over."""
-  split = "test" if "test" in orders else "valid"
+  split = "test" if "test" in exp.eval_orders else "valid"
   while True:
-    yield from eval_batches(split)
+    yield from exp.eval_batches(split)
 
 
 def main(argv):
@@ -62,7 +62,7 @@ def main(argv):
   config = exp.config  # with the backbone's official settings
   n, steps = len(exp.splits["train"]), _STEPS.value
   order = np.random.default_rng(0).permutation(n)
-  batches = exp.batches("train", order) if _STEP.value == "train" else _cycle(exp.eval_batches, exp.eval_orders)
+  batches = exp.batches("train", order) if _STEP.value == "train" else _cycle(exp)
   state = exp.runner.replicate(exp.init_state())
   host = [next(batches)[0] for _ in range(2 * steps + 1)]
   pack_ms = _mean_ms(lambda: next(batches), steps)

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +97,13 @@ def available() -> bool:
     log.warning("our CPU kernels are unavailable, using jax.numpy / jax.experimental.sparse: %s", error)
     return False
   return True
+
+
+def on_cpu(kernel_fn: Callable[..., Any], fallback: Callable[..., Any]) -> Callable[..., Any]:
+  """`kernel_fn` where the call is lowered for the CPU and the kernels are built, else `fallback` (same arguments)."""
+  if not available():
+    return fallback
+  return lambda *args: jax.lax.platform_dependent(*args, cpu=kernel_fn, default=fallback)
 
 
 def _check_structure(indptr: np.ndarray, indices: np.ndarray, n_cols: int) -> None:

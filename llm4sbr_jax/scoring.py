@@ -70,11 +70,7 @@ def padded_ranks(scores: PaddedScores, labels: jax.Array) -> jax.Array:
   def counted(p):
     return jnp.sum((p[:, 1:] > own[:, None]) | jnp.isnan(p[:, 1:]), axis=-1)
 
-  if cpu_kernels.available():
-    higher = jax.lax.platform_dependent(product, cpu=lambda p: cpu_kernels.count_higher(p, columns, first=1),
-                                        default=counted)
-  else:
-    higher = counted(product)
+  higher = cpu_kernels.on_cpu(lambda p: cpu_kernels.count_higher(p, columns, first=1), counted)(product)
   return jnp.where(jnp.isnan(own), scores.num_items, 1 + higher)
 
 

@@ -27,8 +27,8 @@ ffi::Error CountHigherImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scores, f
   const int32_t* label = labels.typed_data();
   int32_t* count = out->typed_data();
   std::atomic<bool> bad{false};
-  llm4sbr::ParallelFor(pool, (rows + kChunkRows - 1) / kChunkRows, [&](int64_t c) {
-    for (int64_t g = c * kChunkRows; g < std::min(rows, (c + 1) * kChunkRows); ++g) {
+  llm4sbr::ParallelFor(pool, rows, kChunkRows, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
       if (label[g] < 0 || label[g] >= cols) {
         bad.store(true);
         count[g] = 0;

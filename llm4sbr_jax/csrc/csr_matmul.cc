@@ -96,8 +96,7 @@ ffi::Error CsrMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> indptr, ffi
   for (int64_t b = 0; b < blocks; ++b) {
     // The last pass takes every remaining non-zero.
     const int32_t limit = b + 1 == blocks ? INT32_MAX : static_cast<int32_t>((b + 1) * n_cols / blocks);
-    llm4sbr::ParallelFor(pool, (n_rows + kChunkRows - 1) / kChunkRows, [&](int64_t c) {
-      const int64_t begin = c * kChunkRows, end = std::min(n_rows, begin + kChunkRows);
+    llm4sbr::ParallelFor(pool, n_rows, kChunkRows, [&](int64_t begin, int64_t end) {
       rows(begin, end, d, limit, b == 0, indptr.typed_data(), indices.typed_data(), data.typed_data(),
            x.typed_data(), cursor.data(), out->typed_data());
     });

@@ -1,6 +1,6 @@
-// Splits work into chunks taken from an atomic counter by the calling thread and by helpers scheduled on XLA's
-// intra-op thread pool; returns once every chunk is done. A helper that starts late finds no chunk left and touches
-// nothing but the shared counters.
+// Runs fn(begin, end) over [0, n) in ranges of `chunk`, taken from an atomic counter by the calling thread and by
+// helpers scheduled on XLA's intra-op thread pool; returns once every range is done. A helper that starts late
+// finds no range left and touches nothing but the shared counters.
 #ifndef LLM4SBR_JAX_CSRC_PARALLEL_FOR_H_
 #define LLM4SBR_JAX_CSRC_PARALLEL_FOR_H_
 
@@ -16,10 +16,11 @@
 
 namespace llm4sbr {
 
-inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t num_chunks, std::function<void(int64_t)> chunk) {
+inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t n, int64_t chunk,
+                        std::function<void(int64_t, int64_t)> fn) {
   struct State {
-    std::function<void(int64_t)> chunk;
-    int64_t num_chunks;
+    std::function<void(int64_t, int64_t)> fn;
+    int64_t n, chunk, num_chunks;
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
     std::mutex mu;
@@ -27,7 +28,7 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t num_chunks, std::fun
 
     void Drain() {
       for (int64_t c = next.fetch_add(1); c < num_chunks; c = next.fetch_add(1)) {
-        chunk(c);
+        fn(c * chunk, std::min(n, (c + 1) * chunk));
         if (done.fetch_add(1) + 1 == num_chunks) {
           std::lock_guard<std::mutex> lock(mu);
           cv.notify_all();
@@ -36,9 +37,11 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t num_chunks, std::fun
     }
   };
   auto state = std::make_shared<State>();
-  state->chunk = std::move(chunk);
-  state->num_chunks = num_chunks;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_chunks) - 1;
+  state->fn = std::move(fn);
+  state->n = n;
+  state->chunk = chunk;
+  state->num_chunks = (n + chunk - 1) / chunk;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), state->num_chunks) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state] { state->Drain(); });
   state->Drain();
   std::unique_lock<std::mutex> lock(state->mu);

@@ -70,7 +70,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "s2dhcn": BackboneSpec(
         "S2-DHCN", lambda c, ds: s2dhcn.S2DHCN(
             ds.num_items, s2dhcn.build_hypergraph(ds.splits["train"], ds.num_items, c.s2dhcn.form,
-                                                c.s2dhcn.get("kernel", "auto")), c.hidden,
+                                                c.s2dhcn.get("kernel", "auto")),  # runs saved before the option
+            c.hidden,
             layers=c.s2dhcn.layers, positions=max(gcegnn.OFFICIAL_POSITIONS, ds.longest_prefix), name="backbone"),
         losses=lambda c: {"ssl": c.s2dhcn.beta * c.batch_size},  # beta x the official batch SUM
         official={"weight_decay": 0.0, "lr_decay": 1.0},  # Adam without L2 or schedule

@@ -104,10 +104,11 @@ class Hypergraph:
 
 def _matmul(matrix: jsparse.BCSR, native: bool) -> Callable[[jax.Array], jax.Array]:
   """x -> matrix @ x: `cpu_kernels` when lowered for the CPU (if `native`), else `BCSR @ dense`."""
+  bcsr = lambda x: matrix @ x
   if not native:
-    return lambda x: matrix @ x
-  own = lambda x: cpu_kernels.csr_matmul(matrix.indptr, matrix.indices, matrix.data, x, matrix.shape[0])
-  return lambda x: jax.lax.platform_dependent(x, cpu=own, default=lambda v: matrix @ v)
+    return bcsr
+  return cpu_kernels.on_cpu(
+      lambda x: cpu_kernels.csr_matmul(matrix.indptr, matrix.indices, matrix.data, x, matrix.shape[0]), bcsr)
 
 
 def _csr_product(matrix: jsparse.BCSR, adjoint: jsparse.BCSR, native: bool) -> Callable[[jax.Array], jax.Array]:
