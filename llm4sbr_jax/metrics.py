@@ -29,9 +29,8 @@ def target_ranks(scores: jax.Array | scoring.PaddedScores | scoring.ChunkedScore
   if isinstance(scores, scoring.IMPLICIT):
     return scoring.ranks(scores, jnp.clip(targets - 1, 0, scores.num_items - 1))
   label = jnp.clip(targets - 1, 0, scores.shape[-1] - 1)
-  target_score = jnp.take_along_axis(scores, label[:, None], axis=-1)  # [G, 1]
-  higher = jnp.sum((scores > target_score) | jnp.isnan(scores), axis=-1)  # [G]
-  return jnp.where(jnp.isnan(target_score[:, 0]), scores.shape[-1], 1 + higher)
+  own = jnp.take_along_axis(scores, label[:, None], axis=-1)[:, 0]  # [G]
+  return scoring.rank_from_count(own, scoring.count_above(scores, own), scores.shape[-1])
 
 
 def metric_sums(scores: jax.Array, targets: jax.Array, mask: jax.Array,

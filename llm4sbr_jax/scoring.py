@@ -39,6 +39,18 @@ from flax.core import meta
 from llm4sbr_jax import cpu_kernels
 
 
+def count_above(scores: jax.Array, own: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """[G] per row of scores [G, C], the columns (where `valid` [C]) scored strictly above own [G]; NaN counts as above,
+  ties do not."""
+  above = (scores > own[:, None]) | jnp.isnan(scores)  # [G, C]
+  return jnp.sum(above if valid is None else above & valid[None, :], axis=-1)
+
+
+def rank_from_count(own: jax.Array, higher: jax.Array, num_items: int) -> jax.Array:
+  """1 + higher, or the last rank num_items where the target's own score is NaN; [G]."""
+  return jnp.where(jnp.isnan(own), num_items, 1 + higher)
+
+
 @struct.dataclass
 class PaddedScores:
   """Scores [G, n] kept as the whole product [G, n + 1], the padding item's column 0 included (evaluation).
@@ -67,11 +79,9 @@ def padded_ranks(scores: PaddedScores, labels: jax.Array) -> jax.Array:
   product, columns = scores.product, labels + 1  # [G, n + 1], [G]
   own = jnp.take_along_axis(product, columns[:, None], axis=-1)[:, 0]  # [G]
 
-  def counted(p):
-    return jnp.sum((p[:, 1:] > own[:, None]) | jnp.isnan(p[:, 1:]), axis=-1)
-
-  higher = cpu_kernels.on_cpu(lambda p: cpu_kernels.count_higher(p, columns, first=1), counted)(product)
-  return jnp.where(jnp.isnan(own), scores.num_items, 1 + higher)
+  higher = cpu_kernels.on_cpu(lambda p: cpu_kernels.count_higher(p, columns, first=1),
+                              lambda p: count_above(p[:, 1:], own))(product)
+  return rank_from_count(own, higher, scores.num_items)
 
 
 @struct.dataclass
@@ -180,11 +190,11 @@ def ranks(scores: ChunkedScores | ShardedScores, labels: jax.Array) -> jax.Array
   def count(total, xs):
     rows, ok = xs
     s = product(scores.session, rows, scores.dtype)  # [G, C]
-    return total + jnp.sum(((s > own[:, None]) | jnp.isnan(s)) & ok[None, :], axis=-1), None
+    return total + count_above(s, own, ok), None
 
   own, _ = jax.lax.scan(own_score, jnp.zeros(labels.shape, jnp.float32), (table, offsets))
   total, _ = jax.lax.scan(count, jnp.zeros(labels.shape, jnp.int32), (table, valid))
-  return jnp.where(jnp.isnan(own), scores.num_items, 1 + total)  # NaN: as metrics.target_ranks
+  return rank_from_count(own, total, scores.num_items)
 
 
 class ShardedTable:
@@ -289,6 +299,6 @@ def _sharded_nll(scores: ShardedScores, labels: jax.Array) -> jax.Array:
 
 def _sharded_ranks(scores: ShardedScores, labels: jax.Array) -> jax.Array:
   x, target, start = _sharded_products(scores, labels)
-  higher = jax.lax.psum(jnp.sum((x > target[:, None]) | jnp.isnan(x), axis=-1), scores.axis)  # [D G]
-  rank = jnp.where(jnp.isnan(target), scores.num_items, 1 + higher)  # NaN: as metrics.target_ranks
+  higher = jax.lax.psum(count_above(x, target), scores.axis)  # [D G]
+  rank = rank_from_count(target, higher, scores.num_items)
   return jax.lax.dynamic_slice_in_dim(rank, start, scores.session.shape[0])  # [G]

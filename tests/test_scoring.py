@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import default
-from llm4sbr_jax import dataset, metrics, scoring, synthetic, train
+from llm4sbr_jax import cpu_kernels, dataset, metrics, scoring, synthetic, train
 from llm4sbr_jax.models import base
 from llm4sbr_jax.models import llm4sbr as L
 
@@ -20,6 +20,32 @@ def _inputs(g=12, n=103, d=8, seed=0):
   items = jax.random.normal(k2, (n + 1, d))
   targets = jax.random.randint(k3, (g,), 1, n + 1)
   return session, items, targets
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_padded_evaluation_ranks_equal_the_dense_ranks(kernel, monkeypatch):
+  """`PaddedScores` ranks (our CPU count kernel, or the jax.numpy count) equal those of the [G, n] scores, with ties
+  and NaN scores."""
+  if not kernel:
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+  rng = np.random.default_rng(0)
+  session = jnp.asarray(rng.integers(-2, 3, (13, 6)).astype(np.float32))  # small integers: exact, many ties
+  items = rng.integers(-2, 3, (42, 6)).astype(np.float32)
+  items[7, 2] = np.nan  # an item scored NaN: above every target, or the last rank as a target
+  items = jnp.asarray(items)
+  targets = rng.integers(1, 42, 13)
+  targets[4] = 7
+  out = base.BackboneOutput(session, session, items)
+  padded = base.score(session, out, padded=True)
+  assert isinstance(padded, scoring.PaddedScores)
+  ranks = jax.jit(lambda s, t: metrics.target_ranks(s, t))  # a new function: no trace shared with the other case
+  assert ("llm4sbr_count_higher" in ranks.lower(padded, targets).as_text()) == kernel
+  got = ranks(padded, targets)
+  want = np.array([1 + np.sum(~(row <= row[t - 1])) if not np.isnan(row[t - 1]) else 41
+                   for row, t in zip(np.asarray(session @ items[1:].T), targets)])
+  np.testing.assert_array_equal(np.asarray(got), want)
+  np.testing.assert_array_equal(np.asarray(metrics.target_ranks(padded.dense(), targets)), want)
+  assert int(got[4]) == 41 and len(set(np.asarray(got).tolist())) > 3
 
 
 @pytest.mark.parametrize("chunk", [10, 103, 500])
