@@ -309,6 +309,7 @@ class _Connection(asyncio.Protocol):
     self.service = service
     self.transport: Optional[asyncio.Transport] = None
     self.buffer = b""
+    self._head: Optional[tuple[int, str, str, int, bool]] = None  # the buffered request's parsed head, body pending
     self.partial = False  # part of a request received: the batcher may wait for the rest
     self.busy = False  # a /recommend answer is pending; later requests stay buffered
     self.eof = False
@@ -407,7 +408,22 @@ class _Connection(asyncio.Protocol):
 
   def _next_request(self) -> Optional[tuple[str, str, bytes, bool]]:
     """(method, path, body, close after answering) of the first complete request in the buffer, None while it is
-    incomplete; HTTPError for one that cannot be answered on this connection."""
+    incomplete; HTTPError for one that cannot be answered on this connection. The head is parsed once: a body
+    arriving in many chunks only checks its length."""
+    if self._head is None:
+      self._head = self._parse_head()
+      if self._head is None:
+        return None
+    end, method, target, n, close = self._head
+    if len(self.buffer) < end + 4 + n:
+      return None
+    body = self.buffer[end + 4:end + 4 + n]
+    self.buffer = self.buffer[end + 4 + n:]
+    self._head = None
+    return method, target.split("?", 1)[0], body, close
+
+  def _parse_head(self) -> Optional[tuple[int, str, str, int, bool]]:
+    """(end of the head, method, target, body length, close) of the buffered request once its head is complete."""
     end = self.buffer.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES + 4)
     if end < 0:
       if len(self.buffer) >= MAX_HEADER_BYTES + 4:
@@ -437,13 +453,9 @@ class _Connection(asyncio.Protocol):
       raise HTTPError(400, f"Content-Length {length!r} is not an integer") from None
     if n < 0 or n > self.service.max_body:
       raise HTTPError(413, f"body of {n} bytes; at most {self.service.max_body}")
-    if len(self.buffer) < end + 4 + n:
-      return None
-    body = self.buffer[end + 4:end + 4 + n]
-    self.buffer = self.buffer[end + 4 + n:]
     connection = headers.get("connection", "").lower()
     close = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
-    return method, target.split("?", 1)[0], body, close
+    return end, method, target, n, close
 
 
 def run_forever(service: Service, announce: Callable[[str], None] = print) -> None:

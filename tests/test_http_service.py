@@ -161,6 +161,24 @@ def test_pipelined_requests_are_answered_in_order(service):
   assert got[2][1]["status"] == "ok"
 
 
+def test_requests_trickling_in_small_pieces_are_answered(service):
+  """Heads and bodies split over many packets (the head is parsed once, the body waits for its length)."""
+  bodies = [json.dumps({"sessions": [["3"]] * n, "k": n}).encode() for n in (2, 1)]
+  data = b"".join(_post_bytes(b) for b in bodies)
+  with socket.create_connection(service.address, timeout=10) as sock:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(0, len(data), 7):
+      sock.sendall(data[i:i + 7])
+      time.sleep(0.002)
+    sock.shutdown(socket.SHUT_WR)
+    chunks = []
+    while chunk := sock.recv(65536):
+      chunks.append(chunk)
+  got = _answers(b"".join(chunks))
+  assert [status for status, _ in got] == [200, 200]
+  assert [out["k"] for _, out in got] == [2, 1]
+
+
 def test_stream_errors_close_the_connection_and_the_service_stays_up(service):
   http10 = _raw(service, _post_bytes(b'{"sessions": [["3"]]}', "1.0"))
   assert http10.startswith(b"HTTP/1.1 200") and b"Connection: close" in http10
