@@ -28,6 +28,7 @@ P x n stays under `AUTO_CHUNK_ELEMENTS`, else the fewest equal chunks under it),
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -55,15 +56,15 @@ def segment_softmax_weights(logits: jax.Array, segments: jax.Array, mask: jax.Ar
   return ex / jnp.maximum(den, 1e-30)[segments]  # [P, C]
 
 
-def target_aware_scores(hm: jax.Array, qt: jax.Array, items: jax.Array, segments: jax.Array, mask: jax.Array,
-                        num_segments: int, chunk: int) -> jax.Array:
+def target_aware_scores(hm: jax.Array, qt: jax.Array, items: jax.Array, segments: jax.Array, num_segments: int,
+                        chunk: int) -> jax.Array:
   """`s_t(v) . E_v` for every item v: sum over each session's positions of softmax_i(E_v . qt_i) (h_i . E_v).
 
   Args:
     hm: [P, d] node states at the click positions (zero at padding positions).
     qt: [P, d] `linear_t(hm)`.
     items: [n, d] the real item rows E[1:].
-    segments: [P] sorted graph of each position; mask: [P] real positions.
+    segments: [P] sorted graph of each position, padding positions in the last graph (always a padding slot).
     num_segments: G.
     chunk: items per chunk (>= n: one pass).
 
@@ -71,10 +72,17 @@ def target_aware_scores(hm: jax.Array, qt: jax.Array, items: jax.Array, segments
     [G, n] target-aware score term.
   """
   n = items.shape[0]
+  segment_sum = functools.partial(jax.ops.segment_sum, segment_ids=segments, num_segments=num_segments,
+                                  indices_are_sorted=True)
 
   def one_chunk(e: jax.Array) -> jax.Array:  # [C, d] -> [G, C]
-    beta = segment_softmax_weights(qt @ e.T, segments, mask, num_segments)  # [P, C]
-    return jax.ops.segment_sum(beta * (hm @ e.T), segments, num_segments, indices_are_sorted=True)  # [G, C]
+    # Padding positions (hm = qt = 0) all sit in the padding graph G - 1, so no [P, C] mask is needed, and the
+    # softmax is normalised after the segment sums: sum_i e^(l_i - m) v_i / sum_i e^(l_i - m), m the segment max.
+    logits = qt @ e.T  # [P, C]
+    top = jax.ops.segment_max(logits, segments, num_segments, indices_are_sorted=True)  # [G, C]
+    top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+    ex = jnp.exp(logits - top[segments])  # [P, C]
+    return segment_sum(ex * (hm @ e.T)) / jnp.maximum(segment_sum(ex), 1e-30)  # [G, C]
 
   if chunk >= n:
     return one_chunk(items)
@@ -111,5 +119,5 @@ class TAGNN(SRGNN):
     hm = seq_h * batch.pos_mask[:, None]  # [P, d]
     qt = nn.Dense(d, use_bias=False, kernel_init=uniform_init(d), name="linear_t")(hm)  # [P, d]
     positions, n = hm.shape[0], table.shape[0] - 1
-    return target_aware_scores(hm, qt, table[1:], batch.pos_graph, batch.pos_mask, batch.graph_mask.shape[0],
+    return target_aware_scores(hm, qt, table[1:], batch.pos_graph, batch.graph_mask.shape[0],
                                chunk_size(n, positions, self.item_chunk))
