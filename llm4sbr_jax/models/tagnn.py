@@ -42,15 +42,20 @@ from llm4sbr_jax.models.srgnn import SRGNN
 AUTO_CHUNK_ELEMENTS = 1 << 24  # P x chunk float32 elements per [P, chunk] logit matrix (64 MB)
 
 
+def _segment_top(logits: jax.Array, segments: jax.Array, num_segments: int) -> jax.Array:
+  """Each segment's per-column max of `logits` [P, C] (0 for an empty segment), the softmax shift: [S, C], no
+  gradient. `segments` [P] sorted."""
+  top = jax.ops.segment_max(logits, segments, num_segments, indices_are_sorted=True)  # [S, C]
+  return jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+
+
 def segment_softmax_weights(logits: jax.Array, segments: jax.Array, mask: jax.Array,
                             num_segments: int) -> jax.Array:
   """Softmax of `logits` [P, C] over the rows of each segment (per column), masked rows weight 0.
 
   `segments` [P] must be sorted (packed positions are); a segment without a real row gets all-zero weights.
   """
-  masked = jnp.where(mask[:, None], logits, -jnp.inf)  # [P, C]
-  top = jax.ops.segment_max(masked, segments, num_segments, indices_are_sorted=True)  # [S, C]
-  top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+  top = _segment_top(jnp.where(mask[:, None], logits, -jnp.inf), segments, num_segments)  # [S, C]
   ex = jnp.where(mask[:, None], jnp.exp(logits - top[segments]), 0.0)  # [P, C]
   den = jax.ops.segment_sum(ex, segments, num_segments, indices_are_sorted=True)  # [S, C]
   return ex / jnp.maximum(den, 1e-30)[segments]  # [P, C]
@@ -79,9 +84,7 @@ def target_aware_scores(hm: jax.Array, qt: jax.Array, items: jax.Array, segments
     # Padding positions (hm = qt = 0) all sit in the padding graph G - 1, so no [P, C] mask is needed, and the
     # softmax is normalised after the segment sums: sum_i e^(l_i - m) v_i / sum_i e^(l_i - m), m the segment max.
     logits = qt @ e.T  # [P, C]
-    top = jax.ops.segment_max(logits, segments, num_segments, indices_are_sorted=True)  # [G, C]
-    top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
-    ex = jnp.exp(logits - top[segments])  # [P, C]
+    ex = jnp.exp(logits - _segment_top(logits, segments, num_segments)[segments])  # [P, C]
     return segment_sum(ex * (hm @ e.T)) / jnp.maximum(segment_sum(ex), 1e-30)  # [G, C]
 
   if chunk >= n:
