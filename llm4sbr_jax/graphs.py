@@ -24,6 +24,7 @@ which owns every padding node, edge and position):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 from typing import Any, Iterator, Mapping, NamedTuple, Optional
 
@@ -65,7 +66,10 @@ class Budget:
 
 @dataclasses.dataclass(frozen=True)
 class SessionGraphs:
-  """Graph structure of every sample of a split, as CSR arrays (built once, host side)."""
+  """Graph structure of every sample of a split, as CSR arrays (built once, host side).
+
+  The per-sample counts are computed once: every batch reads them (a diff over the split per read cost 0.4 ms of a
+  0.65 ms batch on Beauty's train split)."""
 
   node_items: np.ndarray  # [sumN] int32 item id of each node (sorted unique items per sample)
   node_offsets: np.ndarray  # [S + 1] int64
@@ -82,15 +86,15 @@ class SessionGraphs:
   def __len__(self) -> int:
     return int(self.targets.shape[0])
 
-  @property
+  @functools.cached_property
   def num_nodes(self) -> np.ndarray:
     return np.diff(self.node_offsets)
 
-  @property
+  @functools.cached_property
   def num_edges(self) -> np.ndarray:
     return np.diff(self.edge_offsets)
 
-  @property
+  @functools.cached_property
   def num_positions(self) -> np.ndarray:
     return np.diff(self.pos_offsets)
 
