@@ -127,6 +127,22 @@ def test_evaluation_order_and_budget_leave_every_rank_unchanged(data_dir, backbo
   assert balanced == pytest.approx(in_order, abs=1e-4) and ranks.min() >= 1
 
 
+def test_evaluation_batches_placed_once_and_reused_under_the_size_cap(data_dir, monkeypatch):
+  exp = train.Experiment(_config(data_dir))
+  params = exp.runner.replicate(exp.init_state()).params
+  first, ranks = exp.evaluate(params, "test")
+  assert exp._placed_eval["test"][0] is exp.eval_orders["test"]  # kept on the devices
+  cached = exp._placed_eval["test"][1]
+  again, ranks_again = exp.evaluate(params, "test")
+  assert exp._placed_eval["test"][1] is cached and again == first
+  np.testing.assert_array_equal(ranks, ranks_again)
+  monkeypatch.setattr(train, "EVAL_CACHE_BYTES", 0)  # over the cap: streamed, nothing kept, same numbers
+  fresh = train.Experiment(_config(data_dir))
+  streamed, ranks_streamed = fresh.evaluate(params, "test")
+  assert not fresh._placed_eval and streamed == first
+  np.testing.assert_array_equal(ranks, ranks_streamed)
+
+
 def test_evaluation_budget_smaller_than_a_training_sample(tmp_path):
   # One long training session and short evaluation samples: the evaluation step compiles on an evaluation sample.
   long_prefix = list(range(1, 41))
