@@ -50,13 +50,16 @@ ITEM_LIST, ITEM_LEN = "item_id_list", "item_length"
 
 
 def _commit(path: str) -> str:
-  """The source tree's git commit (or its COMMIT file, for an exported tree), else 'unknown'."""
-  try:
-    return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    marker = os.path.join(path, "COMMIT")
-    return open(marker).read().strip() if os.path.isfile(marker) else "unknown"
+  """The tree's own git commit (a clone), or its COMMIT file (an exported tree), else 'unknown'. Only the tree's own
+  .git is asked: `git -C` on an exported tree would report whatever repository encloses it."""
+  marker = os.path.join(path, "COMMIT")
+  if os.path.isdir(os.path.join(path, ".git")):
+    try:
+      return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+      pass
+  return open(marker).read().strip() if os.path.isfile(marker) else "unknown"
 
 
 def _import_recbole(recbole_dir: str, recbole_gnn_dir: str):

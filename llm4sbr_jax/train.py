@@ -91,6 +91,7 @@ class Experiment:
                                             config.budget_std)
     self.eval_orders, self.eval_budget = graphs_lib.evaluation_plan(
         {k: g for k, g in self.graphs.items() if k != "train"}, config.batch_size // len(devices))
+    self._placed_eval: dict[str, tuple[np.ndarray, list]] = {}  # split -> (its order, placed batches)
     self.tx = parallel.make_optimizer(config.weight_decay)
     self.runner = parallel.Runner(config.parallel, self.task.terms, self.task.spec, self.tx,
                                   metrics_lib.batch_metric_sums, devices, seed=config.seed,
@@ -107,7 +108,6 @@ class Experiment:
     self.compile_seconds = time.perf_counter() - t
     hostmem.release_free_memory()
     self.side = dict(self.task.load_side()) if self.task.load_side else {}
-    self._placed_eval: dict[str, tuple[np.ndarray, list]] = {}  # split -> (its order, placed batches)
     if "train" in self.side and keep < len(self.side["train"]):
       self.side["train"] = self.side["train"][:keep].copy()  # a copy, so the dropped rows are freed
     hostmem.release_free_memory()
